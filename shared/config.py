@@ -1,0 +1,123 @@
+"""Settings: one class, read from ``CREDITS_*`` environment variables.
+
+Validators reject nonsense at start-up with a message that names the variable, so a
+typo in a deployment fails loudly before any credit moves.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Annotated, Self
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from shared.errors import InvalidRequest
+
+PositiveSeconds = Annotated[float, Field(gt=0, le=86_400)]
+Rate = Annotated[float, Field(ge=0, le=1)]
+
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "memory://")
+_BROKER_SCHEMES = ("redis://", "rediss://", "memory://", "amqp://", "pyamqp://")
+
+
+def normalize_database_url(url: str) -> str:
+    """Accept URLs as users write them and pick the driver we ship (psycopg 3).
+
+    ``postgres://`` and ``postgresql://`` both become ``postgresql+psycopg://``; SQLite and
+    explicit drivers pass through unchanged.
+    """
+    url = url.strip()
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CREDITS_", extra="ignore", frozen=True)
+
+    # Storage and messaging.
+    database_url: str = "sqlite:///credits.db"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    broker_url: str | None = None  # defaults to redis_url
+    key_prefix: str = Field(default="credits:", min_length=1, max_length=64)
+    events_stream: str | None = None  # defaults to "<key_prefix>events"
+    events_stream_maxlen: int = Field(default=1_000_000, ge=1_000)
+
+    # Pricing.
+    catalog_path: str | None = None  # a JSON catalog; the built-in one when unset
+    accept_lead_credits: int | None = Field(default=None, ge=0, le=10_000)
+
+    # Holds and locks.
+    hold_ttl_s: PositiveSeconds = 900.0
+    lock_timeout_s: PositiveSeconds = 10.0
+    lock_blocking_timeout_s: PositiveSeconds = 5.0
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        value = normalize_database_url(value)
+        try:
+            url = make_url(value)
+        except ArgumentError:
+            raise ValueError(
+                f"not a database URL: {value!r}; expected e.g. sqlite:///credits.db or "
+                "postgresql://user@host/db"
+            ) from None
+        if url.get_backend_name() not in ("sqlite", "postgresql"):
+            raise ValueError(
+                f"unsupported database {url.get_backend_name()!r}: use sqlite or postgresql"
+            )
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        if not value.startswith(_REDIS_SCHEMES):
+            raise ValueError(f"not a Redis URL: {value!r}; expected redis://host:port/db")
+        return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(_BROKER_SCHEMES):
+            raise ValueError(f"not a broker URL: {value!r}; expected redis://host:port/db")
+        return value
+
+    @model_validator(mode="after")
+    def _locks_fit(self) -> Self:
+        if self.lock_blocking_timeout_s > self.lock_timeout_s * 10:
+            raise ValueError("lock_blocking_timeout_s is more than ten lock lifetimes")
+        return self
+
+    @property
+    def broker(self) -> str:
+        return self.broker_url or self.redis_url
+
+    @property
+    def stream(self) -> str:
+        return self.events_stream or f"{self.key_prefix}events"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment, turning a validation failure into one clear error."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"CREDITS_{'_'.join(str(p) for p in err['loc']).upper() or 'SETTINGS'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise InvalidRequest(f"bad configuration: {problems}") from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()

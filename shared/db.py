@@ -1,0 +1,91 @@
+"""Engines and units of work.
+
+A unit of work is one database transaction: it rolls back unless the caller commits.
+SQLite gets ``BEGIN IMMEDIATE`` so that concurrent writers queue on the database lock
+instead of failing half-way with "database is locked", and a busy timeout so they wait.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
+
+from shared.config import normalize_database_url
+from shared.errors import SchemaMissing
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+PG_STATEMENT_TIMEOUT_MS = 30_000
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    url = normalize_database_url(url)
+    if url.startswith("sqlite"):
+        return _sqlite_engine(url, **kwargs)
+    kwargs.setdefault("pool_pre_ping", True)
+    # A statement that waits on a lock this long means something is stuck: fail and retry.
+    kwargs.setdefault(
+        "connect_args", {"options": f"-c statement_timeout={PG_STATEMENT_TIMEOUT_MS}"}
+    )
+    return create_engine(url, **kwargs)
+
+
+def _sqlite_engine(url: str, **kwargs: Any) -> Engine:
+    kwargs.setdefault("connect_args", {"check_same_thread": False})
+    if ":memory:" not in url and url != "sqlite://":
+        # Each thread opens its own file connection; nothing to gain from pooling them.
+        kwargs.setdefault("poolclass", NullPool)
+    engine = create_engine(url, **kwargs)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Take over transaction control from pysqlite so BEGIN IMMEDIATE is ours to emit.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA foreign_keys = ON")
+        cur.execute("PRAGMA journal_mode = WAL")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+class Database:
+    """An engine plus a session factory; hands out units of work."""
+
+    def __init__(self, url: str, **engine_kwargs: Any) -> None:
+        self.url = normalize_database_url(url)
+        self.engine = make_engine(self.url, **engine_kwargs)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.engine.dialect.name == "postgresql"
+
+    @contextmanager
+    def unit_of_work(self) -> Iterator[Session]:
+        """Yield a session in a transaction; commit on clean exit, roll back on error."""
+        session = self._sessions()
+        try:
+            with session.begin():
+                yield session
+        finally:
+            session.close()
+
+    def require_schema(self) -> None:
+        if not inspect(self.engine).has_table("wallets"):
+            raise SchemaMissing(
+                f"the database at {self.engine.url.render_as_string(hide_password=True)} has "
+                "no credits schema: run `credits db upgrade` first"
+            )
+
+    def dispose(self) -> None:
+        self.engine.dispose()
