@@ -56,6 +56,27 @@ class Settings(BaseSettings):
     lock_timeout_s: PositiveSeconds = 10.0
     lock_blocking_timeout_s: PositiveSeconds = 5.0
 
+    # Send pipeline.
+    awaiting_credits_max_wait_s: PositiveSeconds = 86_400.0
+    retry_max: int = Field(default=8, ge=0, le=50)
+    retry_backoff_base_s: PositiveSeconds = 2.0
+    retry_backoff_max_s: PositiveSeconds = 300.0
+    task_time_limit_s: PositiveSeconds = 120.0
+    visibility_timeout_s: PositiveSeconds = 3600.0
+    job_lock_timeout_s: PositiveSeconds = 90.0
+
+    # Fulfilment provider: only the stub ships; real adapters implement the same interface.
+    provider: str = Field(default="stub", pattern="^(stub)$")
+    vendor_timeout_s: PositiveSeconds = 30.0
+    stub_seed: int = 0
+    stub_delivered_rate: Rate = 0.90
+    stub_rejected_rate: Rate = 0.05
+    stub_transient_rate: Rate = 0.03
+    stub_timeout_rate: Rate = 0.02
+    stub_transient_attempts: int = Field(default=1, ge=1, le=20)
+    stub_latency_ms: float = Field(default=20.0, ge=0, le=60_000)
+    stub_pending_s: float = Field(default=5.0, ge=0, le=86_400)
+
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, value: str) -> str:
@@ -88,9 +109,29 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _locks_fit(self) -> Self:
+    def _consistent(self) -> Self:
         if self.lock_blocking_timeout_s > self.lock_timeout_s * 10:
             raise ValueError("lock_blocking_timeout_s is more than ten lock lifetimes")
+        rates = (
+            self.stub_delivered_rate
+            + self.stub_rejected_rate
+            + self.stub_transient_rate
+            + self.stub_timeout_rate
+        )
+        if abs(rates - 1.0) > 1e-6:
+            raise ValueError(
+                f"the four CREDITS_STUB_*_RATE settings must add up to 1, not {rates:g}"
+            )
+        # A countdown or a running task that outlives the visibility timeout is redelivered
+        # while it is still pending, and runs twice (kombu#337, celery#4400).
+        longest = self.retry_backoff_max_s + self.task_time_limit_s + self.job_lock_timeout_s
+        if self.visibility_timeout_s <= longest:
+            raise ValueError(
+                f"visibility_timeout_s ({self.visibility_timeout_s:g}) must exceed the longest "
+                f"retry countdown plus task time limit plus job lock ({longest:g})"
+            )
+        if self.job_lock_timeout_s <= self.vendor_timeout_s:
+            raise ValueError("job_lock_timeout_s must exceed vendor_timeout_s")
         return self
 
     @property

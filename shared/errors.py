@@ -15,7 +15,8 @@ rule that was broken, as TigerBeetle's result codes do::
     ├── InvariantViolation        the ledger broke a rule it must never break
     └── VendorError               the fulfilment provider failed
         ├── TransientVendorError  try again later, keep the hold
-        └── PermanentVendorError  the vendor refused it: release the hold
+        ├── PermanentVendorError  the vendor refused it: release the hold
+        └── VendorOutcomeUnknown  timed out: it may or may not have been sent
 
 Each error carries an ``exit_code`` for the CLI and a ``code`` that names it in JSON.
 """
@@ -112,3 +113,8 @@ class TransientVendorError(VendorError):
 
 class PermanentVendorError(VendorError):
     """The vendor refused the job for good (bad address, unsupported card): release the hold."""
+
+
+class VendorOutcomeUnknown(VendorError):
+    """The call timed out or the reply was lost: the send may have happened. Never guess;
+    the job stays ``submitted`` and the resolver asks the vendor's ``status`` later."""

@@ -253,6 +253,25 @@ class Job(Base):
     wait_expires_at: Mapped[datetime | None] = mapped_column(Timestamp())
 
 
+class JobStatus(enum.StrEnum):
+    RECEIVED = "received"
+    RESERVED = "reserved"
+    AWAITING_CREDITS = "awaiting_credits"
+    SUBMITTED = "submitted"
+    COMPLETED = "completed"
+    REFUNDED = "refunded"
+    REJECTED = "rejected"
+    EXPIRED = "expired"
+
+
+FINAL_JOB_STATUSES = (
+    JobStatus.COMPLETED,
+    JobStatus.REFUNDED,
+    JobStatus.REJECTED,
+    JobStatus.EXPIRED,
+)
+
+
 class JobTransition(Base):
     """The history of a job's states, one row per change."""
 
@@ -264,3 +283,17 @@ class JobTransition(Base):
     to_status: Mapped[str] = mapped_column(String(32))
     detail: Mapped[str | None] = mapped_column(String(1000))
     at: Mapped[datetime] = mapped_column(Timestamp(), default=utcnow)
+
+
+class DeadLetter(Base):
+    """A message the worker could not act on, kept with its reason; nobody was charged."""
+
+    __tablename__ = "dead_letters"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    reason: Mapped[str] = mapped_column(String(1000))
+    task_name: Mapped[str | None] = mapped_column(String(200))
+    message_id: Mapped[str | None] = mapped_column(String(200))
+    job_id: Mapped[str | None] = mapped_column(String(128), index=True)
+    body: Mapped[str | None] = mapped_column(Text)
+    received_at: Mapped[datetime] = mapped_column(Timestamp(), default=utcnow)

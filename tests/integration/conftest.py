@@ -1,10 +1,45 @@
-"""Integration tests run on real PostgreSQL and Redis (and real Celery workers)."""
+"""Integration tests run on real PostgreSQL and Redis (and real Celery worker processes)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from shared.db import Database
+from tests.integration.harness import Stack
+from tests.services import REDIS_URL, redis_client
+
+REDIS_TEST_DBS = range(1, 16)
+CLAIM_KEY = "credits-test:claimed"
 
 
 @pytest.fixture
 def db(pg_db: Database) -> Database:
     return pg_db
+
+
+@pytest.fixture
+def redis_db() -> Iterator[int]:
+    """An empty Redis DB number of this test's own, flushed afterwards."""
+    for number in REDIS_TEST_DBS:
+        client = redis_client(number)
+        # Claim the DB with a marker key; SET NX makes the claim safe against a parallel run.
+        if client.dbsize() == 0 and client.set(CLAIM_KEY, "1", nx=True):
+            try:
+                yield number
+            finally:
+                client.flushdb()
+            return
+    pytest.fail("no empty Redis DB (1-15) left for this test")
+
+
+@pytest.fixture
+def stack(pg_url: str, redis_db: int, tmp_path: Path) -> Iterator[Stack]:
+    world = Stack(pg_url, f"{REDIS_URL}/{redis_db}", f"t{uuid.uuid4().hex[:8]}:", tmp_path)
+    try:
+        yield world
+    finally:
+        world.stop()

@@ -1,0 +1,190 @@
+"""The fulfilment provider: the interface the pipeline calls, and a realistic stub behind it.
+
+The stub models three vendors: a print house (handwritten notes, postcards), a gift-card
+vendor, and a channel gateway for the free actions and lead acceptance. Outcomes are
+drawn from seeded, configurable rates by hashing the job id, so every worker process
+draws the same outcome for the same job. Vendor state lives in Redis, shared by all
+workers, which is what makes vendor-side idempotency real: a key sends at most once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Protocol
+
+from shared.errors import PermanentVendorError, TransientVendorError, VendorOutcomeUnknown
+from shared.schemas import Job
+
+
+class VendorStatus(StrEnum):
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    PENDING = "pending"
+    UNKNOWN = "unknown"  # the vendor has no record of this key
+
+
+@dataclass(frozen=True)
+class Submission:
+    vendor: str
+    ref: str
+
+
+class FulfilmentProvider(Protocol):
+    def submit(self, job: Job, *, idempotency_key: str) -> Submission:
+        """Send the job. Raises TransientVendorError (retry), PermanentVendorError (refused)
+        or VendorOutcomeUnknown (timed out: it may have been sent)."""
+
+    def status(self, idempotency_key: str) -> VendorStatus:
+        """What the vendor knows of a key. Raises TransientVendorError if unreachable."""
+
+
+VENDORS = {
+    "handwritten_note": ("print-house", "PH"),
+    "postcard": ("print-house", "PH"),
+    "gift_card": ("gift-vendor", "GC"),
+}
+CHANNEL = ("channel-gateway", "CH")
+REJECTIONS = {
+    "print-house": "address undeliverable",
+    "gift-vendor": "card brand unavailable for this denomination",
+    "channel-gateway": "recipient opted out",
+}
+
+
+@dataclass(frozen=True)
+class StubRates:
+    delivered: float
+    rejected: float
+    transient: float
+    timeout: float
+    transient_attempts: int = 1
+    latency_ms: float = 0.0
+    pending_s: float = 5.0
+    seed: int = 0
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> StubRates:
+        return cls(
+            settings.stub_delivered_rate,
+            settings.stub_rejected_rate,
+            settings.stub_transient_rate,
+            settings.stub_timeout_rate,
+            settings.stub_transient_attempts,
+            settings.stub_latency_ms,
+            settings.stub_pending_s,
+            settings.stub_seed,
+        )
+
+
+class StubProvider:
+    """Seeded vendor stub with shared, idempotent state in Redis (or fakeredis)."""
+
+    def __init__(self, redis: Any, rates: StubRates, *, prefix: str = "credits:") -> None:
+        self.redis = redis
+        self.rates = rates
+        self.prefix = f"{prefix}stub:"
+
+    # -- the draw
+
+    def _unit(self, key: str, salt: str) -> float:
+        digest = hashlib.sha256(f"{self.rates.seed}:{salt}:{key}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64
+
+    def planned_outcome(self, key: str) -> str:
+        """The outcome this key is destined for: delivered, rejected, transient or timeout."""
+        u, r = self._unit(key, "outcome"), self.rates
+        for name, rate in (
+            ("delivered", r.delivered),
+            ("rejected", r.rejected),
+            ("transient", r.transient),
+        ):
+            if u < rate:
+                return name
+            u -= rate
+        return "timeout"
+
+    # -- the interface
+
+    def submit(self, job: Job, *, idempotency_key: str) -> Submission:
+        vendor, ref_prefix = VENDORS.get(job.action, CHANNEL)
+        record = self._record_key(idempotency_key)
+        self._latency(idempotency_key)
+        if self.outage:
+            raise TransientVendorError(f"{vendor} unreachable (outage)")
+        attempt = self.redis.hincrby(record, "attempts", 1)
+        known = self.redis.hget(record, "outcome")
+        if known is not None:  # the same key never sends twice: replay what happened
+            return self._replay(vendor, record, known.decode())
+        plan = self.planned_outcome(idempotency_key)
+        if plan == "transient" and attempt <= self.rates.transient_attempts:
+            raise TransientVendorError(f"{vendor} busy (HTTP 503), attempt {attempt}")
+        ref = f"{ref_prefix}-{hashlib.sha1(idempotency_key.encode()).hexdigest()[:12]}"  # noqa: S324
+        if plan == "rejected":
+            self._settle(record, "failed", ref, vendor)
+            raise PermanentVendorError(f"{vendor} refused: {REJECTIONS[vendor]}")
+        if plan == "timeout":
+            # The vendor did act; only the reply was lost. Half of these went out.
+            truth = "delivered" if self._unit(idempotency_key, "timeout") < 0.5 else "failed"
+            self._settle(record, truth, ref, vendor, pending=True)
+            raise VendorOutcomeUnknown(f"{vendor} did not answer in time")
+        self._settle(record, "delivered", ref, vendor)
+        return Submission(vendor, ref)
+
+    def status(self, idempotency_key: str) -> VendorStatus:
+        if self.outage:
+            raise TransientVendorError("vendor unreachable (outage)")
+        fields = self.redis.hgetall(self._record_key(idempotency_key))
+        outcome = fields.get(b"outcome")
+        if outcome is None:
+            return VendorStatus.UNKNOWN
+        pending_until = float(fields.get(b"pending_until", b"0"))
+        if time.time() < pending_until:
+            return VendorStatus.PENDING
+        return VendorStatus(outcome.decode())
+
+    # -- observation, for tests and the demo
+
+    def sends(self, idempotency_key: str) -> int:
+        """How many physical sends happened for this key (never more than one)."""
+        return int(self.redis.hget(self._record_key(idempotency_key), "sends") or 0)
+
+    @property
+    def outage(self) -> bool:
+        return bool(self.redis.exists(f"{self.prefix}outage"))
+
+    def set_outage(self, on: bool, *, ttl_s: int | None = None) -> None:
+        if on:
+            self.redis.set(f"{self.prefix}outage", "1", ex=ttl_s)
+        else:
+            self.redis.delete(f"{self.prefix}outage")
+
+    # -- internals
+
+    def _record_key(self, idempotency_key: str) -> str:
+        return f"{self.prefix}send:{idempotency_key}"
+
+    def _settle(self, record: str, outcome: str, ref: str, vendor: str, *, pending=False) -> None:
+        if not self.redis.hsetnx(record, "outcome", outcome):
+            return  # a concurrent call with this key settled it first
+        mapping = {"ref": ref, "vendor": vendor}
+        if pending:
+            mapping["pending_until"] = f"{time.time() + self.rates.pending_s:.3f}"
+        self.redis.hset(record, mapping=mapping)
+        if outcome == "delivered":
+            self.redis.hincrby(record, "sends", 1)
+
+    def _replay(self, vendor: str, record: str, outcome: str) -> Submission:
+        if outcome == "failed":
+            raise PermanentVendorError(f"{vendor} refused: {REJECTIONS[vendor]}")
+        ref = self.redis.hget(record, "ref")
+        return Submission(vendor, ref.decode() if ref else "")
+
+    def _latency(self, key: str) -> None:
+        if self.rates.latency_ms <= 0:
+            return
+        jitter = random.uniform(0.5, 1.5)
+        time.sleep(self.rates.latency_ms * jitter / 1000)
