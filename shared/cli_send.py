@@ -157,3 +157,17 @@ def dead_letters_cmd(ctx: Context, limit: int) -> Output:
         console.print(table)
 
     return Output({"dead_letters": letters}, render)
+
+
+@cli.command("demo")
+@click.option("--jobs", type=click.IntRange(1, 100_000), default=500, show_default=True)
+@click.option("--database-url", "demo_db", help="Run against this database, not a temp SQLite.")
+@click.option("--redis-url", "demo_redis", help="Use this Redis as broker, locks and events.")
+def demo_cmd(jobs: int, demo_db: str | None, demo_redis: str | None) -> None:
+    """Run the whole system on ~500 realistic sends. No servers needed."""
+    from worker.demo import run_demo
+
+    if (demo_db is None) != (demo_redis is None):
+        raise click.UsageError("give both --database-url and --redis-url, or neither")
+    if not run_demo(jobs=jobs, database_url=demo_db, redis_url=demo_redis):
+        raise SystemExit(1)

@@ -26,13 +26,14 @@ from shared.redis_client import make_redis
 from shared.schemas import Job, job_dict, parse_job
 
 SEND_ACTION_TASK = "credits.send_action"
+MAINTENANCE_QUEUE = "credits.maintenance"
 INSTANT_QUEUE = "credits.instant"
 FLOW_QUEUE = "credits.flow"
-# Each queue gets an exchange and routing key of its own. Left to Celery's defaults, both
-# would bind to the default queue's exchange under one routing key, and a message sent
-# there would land in both queues.
-QUEUES = tuple(Queue(name, Exchange(name, type="direct"), routing_key=name)
-               for name in (INSTANT_QUEUE, FLOW_QUEUE))  # fmt: skip
+# Workers drain queues in this order. Each queue gets an exchange and routing key of its
+# own: left to Celery's defaults, all would bind to the default queue's exchange under one
+# routing key, and a message sent there would land in every queue.
+QUEUE_NAMES = (MAINTENANCE_QUEUE, INSTANT_QUEUE, FLOW_QUEUE)
+QUEUES = tuple(Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUE_NAMES)
 
 
 class CreditsClient:
@@ -57,12 +58,7 @@ class CreditsClient:
         job_id is the idempotency key: sending the same job again charges once.
         """
         spec = parse_job(job)
-        queue = INSTANT_QUEUE if spec.source == "instant" else FLOW_QUEUE
-        self._app.send_task(
-            SEND_ACTION_TASK,
-            kwargs={"job": job_dict(spec)},
-            queue=queue,
-        )
+        publish_job(self._app, job_dict(spec), spec.source)
         return spec.job_id
 
     @property
@@ -78,6 +74,12 @@ class CreditsClient:
 
     def close(self) -> None:
         self._app.close()
+
+
+def publish_job(app: Celery, payload: dict[str, Any], source: str) -> None:
+    """Publish an already validated job by task name; the worker's sweeps re-send this way."""
+    queue = INSTANT_QUEUE if source == "instant" else FLOW_QUEUE
+    app.send_task(SEND_ACTION_TASK, kwargs={"job": payload}, queue=queue)
 
 
 def send_action(job: Job | dict[str, Any], *, broker_url: str | None = None) -> str:

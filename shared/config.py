@@ -19,6 +19,7 @@ from shared.errors import InvalidRequest
 PositiveSeconds = Annotated[float, Field(gt=0, le=86_400)]
 Rate = Annotated[float, Field(ge=0, le=1)]
 
+FAULT_ARMING_PHRASE = "yes-kill-my-workers"
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "memory://")
 _BROKER_SCHEMES = ("redis://", "rediss://", "memory://", "amqp://", "pyamqp://")
 
@@ -64,6 +65,33 @@ class Settings(BaseSettings):
     task_time_limit_s: PositiveSeconds = 120.0
     visibility_timeout_s: PositiveSeconds = 3600.0
     job_lock_timeout_s: PositiveSeconds = 90.0
+
+    # Recovery sweeps (celery beat; one scheduler at a time through a Redis lock).
+    sweep_batch: int = Field(default=200, ge=1, le=10_000)
+    in_doubt_after_s: PositiveSeconds = 180.0  # a submitted job untouched this long is resolved
+    stale_after_s: PositiveSeconds = 600.0  # a received/reserved job untouched this long is re-sent
+    resume_lease_s: PositiveSeconds = (
+        60.0  # a re-sent parked job is not re-sent again for this long
+    )
+    resolve_every_s: PositiveSeconds = 30.0
+    resume_every_s: PositiveSeconds = 15.0
+    republish_every_s: PositiveSeconds = 60.0
+    reconcile_every_s: PositiveSeconds = 300.0
+    beat_lock_timeout_s: PositiveSeconds = 30.0
+
+    # Observability.
+    metrics_port: int = Field(default=0, ge=0, le=65_535)  # 0: no metrics server
+    log_format: str = Field(default="text", pattern="^(text|json)$")
+
+    # Fault injection, for the crash tests only. Both settings are needed: the point to
+    # crash at, and FAULT_ARMED set to the exact phrase below, so that a stray variable in
+    # production can never make a worker kill itself.
+    fault_crash_at: str | None = Field(
+        default=None,
+        pattern="^(after_hold|after_vendor_accepted|before_capture|after_capture_before_event)$",
+    )
+    fault_crash_every: int = Field(default=10, ge=1, le=1_000_000)
+    fault_armed: str | None = None
 
     # Fulfilment provider: only the stub ships; real adapters implement the same interface.
     provider: str = Field(default="stub", pattern="^(stub)$")
@@ -132,6 +160,15 @@ class Settings(BaseSettings):
             )
         if self.job_lock_timeout_s <= self.vendor_timeout_s:
             raise ValueError("job_lock_timeout_s must exceed vendor_timeout_s")
+        if self.in_doubt_after_s <= self.job_lock_timeout_s:
+            # Otherwise the resolver could settle a job whose worker is still talking to
+            # the vendor under its job lock.
+            raise ValueError("in_doubt_after_s must exceed job_lock_timeout_s")
+        if self.fault_crash_at and self.fault_armed != FAULT_ARMING_PHRASE:
+            raise ValueError(
+                "CREDITS_FAULT_CRASH_AT is set but fault injection is not armed: it also needs "
+                f"CREDITS_FAULT_ARMED={FAULT_ARMING_PHRASE!r} (tests only)"
+            )
         return self
 
     @property

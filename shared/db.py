@@ -13,7 +13,6 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.pool import NullPool
 
 from shared.config import normalize_database_url
 from shared.errors import SchemaMissing
@@ -35,10 +34,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
 
 def _sqlite_engine(url: str, **kwargs: Any) -> Engine:
+    # Pooled connections are handed between threads, one at a time.
     kwargs.setdefault("connect_args", {"check_same_thread": False})
-    if ":memory:" not in url and url != "sqlite://":
-        # Each thread opens its own file connection; nothing to gain from pooling them.
-        kwargs.setdefault("poolclass", NullPool)
     engine = create_engine(url, **kwargs)
 
     @event.listens_for(engine, "connect")
@@ -49,6 +46,9 @@ def _sqlite_engine(url: str, **kwargs: Any) -> Engine:
         cur.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
         cur.execute("PRAGMA foreign_keys = ON")
         cur.execute("PRAGMA journal_mode = WAL")
+        # WAL with NORMAL sync survives an application crash; only power loss can drop
+        # the last commits. PostgreSQL is the production store.
+        cur.execute("PRAGMA synchronous = NORMAL")
         cur.close()
 
     @event.listens_for(engine, "begin")

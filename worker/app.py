@@ -16,6 +16,8 @@ MEMORY_POLLING_INTERVAL_S = 0.005
 
 
 def create_app(settings: Settings | None = None) -> Celery:
+    from worker.tasks import beat_schedule
+
     settings = settings or get_settings()
     app = Celery("worker", set_as_current=False)
     transport_options = {
@@ -53,6 +55,15 @@ def create_app(settings: Settings | None = None) -> Celery:
         task_send_sent_event=True,
         worker_consumer="worker.consumer:DeadLetteringConsumer",
         worker_hijack_root_logger=False,
+        # One scheduler at a time: celery-redbeat holds a Redis lock; a second beat waits
+        # for it, and takes over within beat_lock_timeout_s if the first one dies.
+        beat_scheduler="redbeat.RedBeatScheduler",
+        redbeat_redis_url=settings.redis_url,
+        redbeat_key_prefix=f"{settings.key_prefix}redbeat",
+        redbeat_lock_key=f"{settings.key_prefix}redbeat:lock",
+        redbeat_lock_timeout=settings.beat_lock_timeout_s,
+        beat_max_loop_interval=min(5.0, settings.beat_lock_timeout_s / 3),
+        beat_schedule=beat_schedule(settings),
     )
     app.credits_settings = settings
     from worker.tasks import register

@@ -41,6 +41,11 @@ class FulfilmentProvider(Protocol):
     def status(self, idempotency_key: str) -> VendorStatus:
         """What the vendor knows of a key. Raises TransientVendorError if unreachable."""
 
+    def void(self, idempotency_key: str) -> VendorStatus:
+        """Fence a key the vendor has no record of: from now on it can never send (a late
+        submit is refused). Returns FAILED when voided, or the key's real status if a send
+        got there first. Raises TransientVendorError if unreachable."""
+
 
 VENDORS = {
     "handwritten_note": ("print-house", "PH"),
@@ -146,6 +151,15 @@ class StubProvider:
             return VendorStatus.PENDING
         return VendorStatus(outcome.decode())
 
+    def void(self, idempotency_key: str) -> VendorStatus:
+        if self.outage:
+            raise TransientVendorError("vendor unreachable (outage)")
+        record = self._record_key(idempotency_key)
+        if self.redis.hsetnx(record, "outcome", "failed"):
+            self.redis.hset(record, mapping={"voided": "1", "vendor": "void", "ref": ""})
+            return VendorStatus.FAILED
+        return self.status(idempotency_key)
+
     # -- observation, for tests and the demo
 
     def sends(self, idempotency_key: str) -> int:
@@ -179,6 +193,8 @@ class StubProvider:
 
     def _replay(self, vendor: str, record: str, outcome: str) -> Submission:
         if outcome == "failed":
+            if self.redis.hget(record, "voided"):
+                raise PermanentVendorError(f"{vendor} refused: the order was voided")
             raise PermanentVendorError(f"{vendor} refused: {REJECTIONS[vendor]}")
         ref = self.redis.hget(record, "ref")
         return Submission(vendor, ref.decode() if ref else "")

@@ -27,6 +27,7 @@ from shared.models import JobStatus
 from shared.schemas import JobId, parse_job
 from shared.services import jobs
 from shared.services.jobs import JobView
+from worker.faults import maybe_crash
 from worker.resources import Resources
 
 log = logging.getLogger("credits.pipeline")
@@ -86,6 +87,7 @@ class SendPipeline:
             self._log(view, "reserve")
             if view.status == JobStatus.AWAITING_CREDITS:
                 return self._emit(view)
+            maybe_crash(self.res, "after_hold")
         if view.status in (JobStatus.RESERVED, JobStatus.SUBMITTED):
             return self._submit(spec)
         return self._emit(view)
@@ -111,7 +113,11 @@ class SendPipeline:
             jobs.note_error(db, spec.job_id, str(exc))
             view = jobs.get_view(db, spec.job_id)
             return self._emit(view, reason=f"in doubt: {exc}")
-        return self._emit(jobs.complete(db, spec.job_id, vendor_ref=sent.ref))
+        maybe_crash(self.res, "after_vendor_accepted")
+        maybe_crash(self.res, "before_capture")
+        view = jobs.complete(db, spec.job_id, vendor_ref=sent.ref)
+        maybe_crash(self.res, "after_capture_before_event")
+        return self._emit(view)
 
     # ------------------------------------------------------------ outcomes
 

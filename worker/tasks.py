@@ -10,7 +10,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from shared.client import SEND_ACTION_TASK
+from shared.client import MAINTENANCE_QUEUE, SEND_ACTION_TASK, publish_job
+from worker import sweeps
 from worker.pipeline import RetryLater, SendPipeline
 from worker.resources import resources_for
 
@@ -25,7 +26,9 @@ INFRA_ERRORS = (OperationalError, InterfaceError, RedisConnectionError, RedisTim
 
 
 def register(app: Celery) -> None:
-    @app.task(bind=True, name=SEND_ACTION_TASK, max_retries=MAX_TASK_RETRIES)
+    register_sweeps(app)
+
+    @app.task(bind=True, name=SEND_ACTION_TASK, max_retries=MAX_TASK_RETRIES, shared=False)
     def send_action(self: Task, job: object = None) -> dict:
         """Reserve credits, hand the job to fulfilment, then capture or refund."""
         pipeline = SendPipeline(resources_for(self.app.credits_settings))
@@ -40,3 +43,43 @@ def register(app: Celery) -> None:
             countdown = random.uniform(ceiling / 2, ceiling)
             log.warning("infrastructure error, retrying in %.1fs: %s", countdown, exc)
             raise self.retry(countdown=countdown, exc=exc) from None
+
+
+SWEEPS = {
+    # task name: (sweep, the setting that holds its interval)
+    "credits.resolve_in_doubt": (sweeps.resolve_in_doubt, "resolve_every_s"),
+    "credits.resume_awaiting": (sweeps.resume_awaiting, "resume_every_s"),
+    "credits.republish_stale": (sweeps.republish_stale, "republish_every_s"),
+    "credits.reconcile": (sweeps.reconcile_and_report, "reconcile_every_s"),
+}
+
+
+def register_sweeps(app: Celery) -> None:
+    for name, (fn, _interval) in SWEEPS.items():
+        _register_sweep(app, name, fn)
+
+
+def _register_sweep(app: Celery, name: str, fn) -> None:
+    @app.task(name=name, bind=True, ignore_result=True, shared=False)
+    def sweep(self: Task) -> dict:
+        res = resources_for(self.app.credits_settings)
+        # Counted in Redis so ops (and the two-beats test) can see how often each fired.
+        res.redis.incr(f"{res.settings.key_prefix}sweep_runs:{name}")
+        report = fn(res, lambda payload, source: publish_job(self.app, payload, source))
+        log.info("sweep %s: %s", name, report.counts)
+        return report.as_dict()
+
+    sweep.__doc__ = fn.__doc__
+
+
+def beat_schedule(settings) -> dict:
+    """Each sweep at its interval; a run that waited longer than its interval is dropped."""
+    schedule = {}
+    for name, (_fn, interval_setting) in SWEEPS.items():
+        every_s = getattr(settings, interval_setting)
+        schedule[name] = {
+            "task": name,
+            "schedule": every_s,
+            "options": {"queue": MAINTENANCE_QUEUE, "expires": every_s * 0.9},
+        }
+    return schedule

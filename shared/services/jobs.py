@@ -89,7 +89,7 @@ class JobView:
         }
 
 
-def _view(session: Session, job: Job, *, changed: bool = True, detail: str | None = None):
+def view_of(session: Session, job: Job, *, changed: bool = True, detail: str | None = None):
     wallet = session.execute(
         select(Wallet.available, Wallet.held)
         .join(Member, Member.wallet_id == Wallet.id)
@@ -114,7 +114,7 @@ def _view(session: Session, job: Job, *, changed: bool = True, detail: str | Non
     )
 
 
-def _get(session: Session, job_id: str) -> Job:
+def get_job(session: Session, job_id: str) -> Job:
     job = session.scalar(
         select(Job).where(Job.job_id == job_id).execution_options(populate_existing=True)
     )
@@ -123,7 +123,7 @@ def _get(session: Session, job_id: str) -> Job:
     return job
 
 
-def _move(
+def move_job(
     session: Session,
     job: Job,
     to: JobStatus,
@@ -171,7 +171,7 @@ def receive(db: Database, spec: JobSpec, catalog: Catalog) -> JobView:
                 raise IdempotencyConflict(
                     f"job_id {spec.job_id!r} was already received with different content"
                 )
-            return _view(session, existing, changed=False)
+            return view_of(session, existing, changed=False)
         if session.get(Member, spec.member_id) is None:
             raise NotFound("member", spec.member_id)
         status, cost, version, error = JobStatus.RECEIVED, 0, catalog.version, None
@@ -201,7 +201,7 @@ def receive(db: Database, spec: JobSpec, catalog: Catalog) -> JobView:
         session.add(job)
         session.flush()  # uq_jobs_job_id decides a race between two deliveries
         session.add(JobTransition(job_pk=job.id, to_status=status.value, detail=error, at=now))
-        return _view(session, job)
+        return view_of(session, job)
 
     return run_idempotent(db, "uq_jobs_job_id", work)
 
@@ -217,26 +217,26 @@ def reserve(db: Database, job_id: str, *, hold_ttl_s: float, max_wait_s: float) 
     """
 
     def work(session: Session) -> JobView:
-        job = _get(session, job_id)
+        job = get_job(session, job_id)
         if job.status not in (JobStatus.RECEIVED, JobStatus.AWAITING_CREDITS):
-            return _view(session, job, changed=False)
+            return view_of(session, job, changed=False)
         if job.cost > 0:
             try:
                 with session.begin_nested():
                     hold_in(session, job.job_id, job.member_id, job.cost, ttl_s=hold_ttl_s)
             except InsufficientCredits as exc:
                 return _park(session, job, str(exc), max_wait_s)
-        _move(session, job, JobStatus.RESERVED, (JobStatus.RECEIVED, JobStatus.AWAITING_CREDITS))
-        return _view(session, job)
+        move_job(session, job, JobStatus.RESERVED, (JobStatus.RECEIVED, JobStatus.AWAITING_CREDITS))
+        return view_of(session, job)
 
     return run_idempotent(db, "uq_holds_job_id", work)
 
 
 def _park(session: Session, job: Job, reason: str, max_wait_s: float) -> JobView:
     if job.status == JobStatus.AWAITING_CREDITS:
-        return _view(session, job, changed=False, detail=reason)
+        return view_of(session, job, changed=False, detail=reason)
     expires = utcnow() + timedelta(seconds=max_wait_s)
-    _move(
+    move_job(
         session,
         job,
         JobStatus.AWAITING_CREDITS,
@@ -244,7 +244,7 @@ def _park(session: Session, job: Job, reason: str, max_wait_s: float) -> JobView
         detail=reason,
         wait_expires_at=expires,
     )
-    return _view(session, job, detail=reason)
+    return view_of(session, job, detail=reason)
 
 
 # ---------------------------------------------------------------- 3. submit
@@ -254,17 +254,17 @@ def mark_submitted(db: Database, job_id: str) -> JobView:
     """Record the intent to call the vendor, before calling it: a crash after this point
     leaves a ``submitted`` job that the resolver settles through the vendor's status."""
     with db.unit_of_work() as session:
-        job = _get(session, job_id)
+        job = get_job(session, job_id)
         if job.status not in (JobStatus.RESERVED, JobStatus.SUBMITTED):
-            return _view(session, job, changed=False)
+            return view_of(session, job, changed=False)
         attempts = job.attempts + 1
         if job.status == JobStatus.SUBMITTED:
             job.attempts = attempts
             job.updated_at = utcnow()
             session.flush()
-            return _view(session, job)
-        _move(session, job, JobStatus.SUBMITTED, (JobStatus.RESERVED,), attempts=attempts)
-        return _view(session, job)
+            return view_of(session, job)
+        move_job(session, job, JobStatus.SUBMITTED, (JobStatus.RESERVED,), attempts=attempts)
+        return view_of(session, job)
 
 
 def note_error(db: Database, job_id: str, error: str) -> None:
@@ -299,9 +299,9 @@ def _finish(
     reason: str | None = None,
 ) -> JobView:
     with db.unit_of_work() as session:
-        job = _get(session, job_id)
+        job = get_job(session, job_id)
         if job.status == to:
-            return _view(session, job, changed=False)
+            return view_of(session, job, changed=False)
         if job.status not in (JobStatus.SUBMITTED, JobStatus.RESERVED):
             raise InvariantViolation(f"job {job_id!r} is {job.status}; it cannot become {to}")
         if job.cost > 0:
@@ -309,12 +309,12 @@ def _finish(
         values: dict[str, Any] = {"vendor_ref": vendor_ref} if vendor_ref else {}
         if reason:
             values["last_error"] = reason[:MAX_ERROR_LEN]
-        moved = _move(
+        moved = move_job(
             session, job, to, (JobStatus.SUBMITTED, JobStatus.RESERVED), detail=reason, **values
         )
         if not moved:
             raise InvariantViolation(f"job {job_id!r} changed state under a held row lock")
-        return _view(session, job)
+        return view_of(session, job)
 
 
 # ---------------------------------------------------------------- dead letters and lookups
@@ -371,7 +371,7 @@ def dead_letters(db: Database, *, limit: int = 50) -> list[dict[str, Any]]:
 
 def get_view(db: Database, job_id: str) -> JobView:
     with db.unit_of_work() as session:
-        return _view(session, _get(session, job_id), changed=False)
+        return view_of(session, get_job(session, job_id), changed=False)
 
 
 @dataclass(frozen=True)
@@ -408,13 +408,13 @@ class JobReport:
 
 def job_report(db: Database, job_id: str) -> JobReport:
     with db.unit_of_work() as session:
-        job = _get(session, job_id)
+        job = get_job(session, job_id)
         hold = session.scalar(select(Hold).where(Hold.job_id == job_id))
         transitions = session.scalars(
             select(JobTransition).where(JobTransition.job_pk == job.id).order_by(JobTransition.id)
         )
         return JobReport(
-            _view(session, job, changed=False),
+            view_of(session, job, changed=False),
             None
             if hold is None
             else {

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
-QUEUES = "credits.instant,credits.flow"
+QUEUES = "credits.maintenance,credits.instant,credits.flow"
 FAST_RETRIES = {
     "CREDITS_RETRY_BACKOFF_BASE_S": "0.05",
     "CREDITS_RETRY_BACKOFF_MAX_S": "0.5",

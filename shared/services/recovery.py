@@ -1,0 +1,160 @@
+"""Recovery sweeps, domain side: claim batches of stuck jobs, expire parked ones.
+
+Each claim is one short transaction that takes rows with ``FOR UPDATE SKIP LOCKED`` and
+stamps them with a lease (``updated_at = now``), so two sweeps -- or a sweep and a worker
+-- never take the same row, and the vendor is asked outside any transaction. The worker's
+``worker.sweeps`` module does the asking and publishing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from shared.db import Database
+from shared.models import Hold, HoldState, Job, JobStatus, Member, Wallet, utcnow
+from shared.services.jobs import JobView, get_job, move_job, view_of
+
+
+@dataclass(frozen=True)
+class Claimed:
+    job_id: str
+    member_id: int
+    status: str
+    cost: int
+    source: str
+    payload: dict[str, Any]
+    created_at: datetime
+
+
+def _claim(session: Session, query, now: datetime) -> list[Claimed]:
+    rows = list(session.scalars(query.with_for_update(skip_locked=True)))
+    if rows:
+        session.execute(update(Job).where(Job.id.in_([r.id for r in rows])).values(updated_at=now))
+    return [
+        Claimed(r.job_id, r.member_id, r.status, r.cost, r.source, r.payload, r.created_at)
+        for r in rows
+    ]
+
+
+def claim_in_doubt(
+    db: Database, *, older_than_s: float, idle_s: float, limit: int
+) -> list[Claimed]:
+    """Submitted jobs nobody has touched for ``older_than_s``, or whose hold outlived its
+    TTL and that have been idle for ``idle_s`` (longer than any job lock lasts)."""
+    now = utcnow()
+    cutoff = now - timedelta(seconds=older_than_s)
+    expired_holds = select(Hold.job_id).where(
+        Hold.state == HoldState.HELD.value, Hold.expires_at < now
+    )
+    query = (
+        select(Job)
+        .where(Job.status == JobStatus.SUBMITTED.value)
+        .where(
+            (Job.updated_at < cutoff)
+            | (Job.job_id.in_(expired_holds) & (Job.updated_at < now - timedelta(seconds=idle_s)))
+        )
+        .order_by(Job.updated_at)
+        .limit(limit)
+    )
+    with db.unit_of_work() as session:
+        return _claim(session, query, now)
+
+
+def claim_stale(db: Database, *, older_than_s: float, limit: int) -> list[Claimed]:
+    """Received or reserved jobs whose message seems gone: re-send them with the same job_id."""
+    now = utcnow()
+    query = (
+        select(Job)
+        .where(Job.status.in_([JobStatus.RECEIVED.value, JobStatus.RESERVED.value]))
+        .where(Job.updated_at < now - timedelta(seconds=older_than_s))
+        .order_by(Job.updated_at)
+        .limit(limit)
+    )
+    with db.unit_of_work() as session:
+        return _claim(session, query, now)
+
+
+def extend_hold(db: Database, job_id: str, *, ttl_s: float) -> None:
+    """The vendor says pending: keep the hold, and push its expiry out."""
+    with db.unit_of_work() as session:
+        session.execute(
+            update(Hold)
+            .where(Hold.job_id == job_id, Hold.state == HoldState.HELD.value)
+            .values(expires_at=utcnow() + timedelta(seconds=ttl_s))
+        )
+
+
+@dataclass(frozen=True)
+class ParkedBatch:
+    resume: list[Claimed]
+    expired: list[JobView]
+
+
+def sweep_awaiting(db: Database, *, lease_s: float, limit: int) -> ParkedBatch:
+    """Expire parked jobs past their wait; pick those whose member can now afford them.
+
+    Per member, oldest first, only as many jobs as the available balance covers, so a
+    small top-up does not wake a thousand jobs to fail again. Picked jobs get a lease.
+    """
+    now = utcnow()
+    with db.unit_of_work() as session:
+        expired = _expire(session, now, limit)
+        rows = session.execute(
+            select(Job, Wallet.available)
+            .join(Member, Member.id == Job.member_id)
+            .join(Wallet, Wallet.id == Member.wallet_id)
+            .where(Job.status == JobStatus.AWAITING_CREDITS.value)
+            .where(Job.updated_at < now - timedelta(seconds=lease_s))
+            .order_by(Job.member_id, Job.created_at)
+            .limit(limit)
+            .with_for_update(of=Job, skip_locked=True)
+        ).all()
+        budget: dict[int, int] = {}
+        picked = []
+        for job, available in rows:
+            left = budget.setdefault(job.member_id, available)
+            if job.cost <= left:
+                budget[job.member_id] = left - job.cost
+                picked.append(job)
+        if picked:
+            session.execute(
+                update(Job).where(Job.id.in_([j.id for j in picked])).values(updated_at=now)
+            )
+        resume = [
+            Claimed(j.job_id, j.member_id, j.status, j.cost, j.source, j.payload, j.created_at)
+            for j in picked
+        ]
+        return ParkedBatch(resume, expired)
+
+
+def _expire(session: Session, now: datetime, limit: int) -> list[JobView]:
+    rows = list(
+        session.scalars(
+            select(Job)
+            .where(Job.status == JobStatus.AWAITING_CREDITS.value, Job.wait_expires_at < now)
+            .order_by(Job.wait_expires_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+    )
+    views = []
+    for job in rows:
+        if move_job(
+            session,
+            job,
+            JobStatus.EXPIRED,
+            (JobStatus.AWAITING_CREDITS,),
+            detail="waited too long for credits",
+        ):
+            views.append(view_of(session, job, detail="waited too long for credits"))
+    return views
+
+
+def job_status(db: Database, job_id: str) -> str:
+    with db.unit_of_work() as session:
+        return get_job(session, job_id).status
