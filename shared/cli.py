@@ -27,6 +27,9 @@ from shared.errors import CreditsError, InvalidRequest
 from shared.services.auth import SUPPORT, Actor
 
 OWNER_OPTIONS = ("account", "workspace", "member")
+# Row ids are BIGINT: a larger number is a usage error, not a driver OverflowError.
+MAX_ID = 2**63 - 1
+ID = click.IntRange(1, MAX_ID)
 
 
 @dataclass
@@ -51,7 +54,7 @@ class Context:
 def _as_member(value: str | None) -> Actor | None:
     if value is None:
         return None
-    if not value.isdigit():
+    if not value.isdecimal() or not 1 <= int(value) <= MAX_ID:
         raise click.BadParameter(f"--as takes a member id (a whole number), got {value!r}")
     return Actor(int(value))
 
@@ -123,10 +126,15 @@ def db() -> None:
 @command_options
 def db_upgrade(ctx: Context, revision: str) -> Output:
     """Create or migrate the schema (Alembic)."""
+    from alembic.util import CommandError
+
     from shared.migrations import current, upgrade
 
     url = ctx.settings.database_url
-    upgrade(url, revision)
+    try:
+        upgrade(url, revision)
+    except CommandError as exc:
+        raise InvalidRequest(f"cannot upgrade to revision {revision!r}: {exc}") from None
     return Output({"ok": True, "revision": current(url)})
 
 
@@ -158,8 +166,8 @@ def account_create(ctx: Context, name: str, initial: int) -> Output:
     return Output(data)
 
 
-@account.command("topup")
-@click.argument("account_id", type=int)
+@account.command("topup", context_settings={"ignore_unknown_options": True})
+@click.argument("account_id", type=ID)
 @click.argument("n", type=int)
 @click.option("--key", help="Idempotency key: a retry with the same key changes nothing.")
 @command_options
@@ -176,7 +184,7 @@ def workspace() -> None:
 
 
 @workspace.command("create")
-@click.argument("account_id", type=int)
+@click.argument("account_id", type=ID)
 @click.argument("name")
 @command_options
 def workspace_create(ctx: Context, account_id: int, name: str) -> Output:
@@ -192,7 +200,7 @@ def member() -> None:
 
 
 @member.command("add")
-@click.argument("workspace_id", type=int)
+@click.argument("workspace_id", type=ID)
 @click.argument("name")
 @click.option("--role", type=click.Choice(["owner", "admin", "member"]), default="member")
 @command_options
@@ -216,8 +224,8 @@ def _one_owner(options: dict[str, int | None], allowed: tuple[str, ...]) -> tupl
 
 
 @cli.command(context_settings={"ignore_unknown_options": True})
-@click.option("--workspace", "workspace_id", type=int, help="Allocate from the account pool.")
-@click.option("--member", "member_id", type=int, help="Allocate from the workspace pool.")
+@click.option("--workspace", "workspace_id", type=ID, help="Allocate from the account pool.")
+@click.option("--member", "member_id", type=ID, help="Allocate from the workspace pool.")
 @click.argument("n", required=False)
 @click.option("--set", "set_to", type=int, help="Move whatever makes the balance N.")
 @click.option("--key", help="Idempotency key: a retry with the same key changes nothing.")
@@ -252,7 +260,7 @@ def allocate(
 
 def owner_options(fn: Callable) -> Callable:
     for kind in reversed(OWNER_OPTIONS):
-        fn = click.option(f"--{kind}", f"{kind}_id", type=int, help=f"A {kind} id.")(fn)
+        fn = click.option(f"--{kind}", f"{kind}_id", type=ID, help=f"A {kind} id.")(fn)
     return fn
 
 
@@ -270,16 +278,16 @@ def balance(ctx: Context, account_id: int | None, workspace_id: int | None, memb
 
 
 @cli.command("tree")
-@click.argument("account_id", type=int)
+@click.argument("account_id", type=ID)
 @command_options
 def tree_cmd(ctx: Context, account_id: int) -> Output:
     """Show an account pool, its workspace pools, every member, and the totals."""
     from shared.services import balances
 
-    return Output(balances.tree(ctx.db(), account_id, actor=ctx.actor), _render_tree)
+    return Output(balances.tree(ctx.db(), account_id, actor=ctx.actor), render_tree)
 
 
-def _render_tree(console: Console, data: dict[str, Any]) -> None:
+def render_tree(console: Console, data: dict[str, Any]) -> None:
     acct = data["account"]
     root = Tree(f"[bold]{acct['name']}[/bold] (account {acct['id']}) pool: {acct['available']}")
     for ws in data["workspaces"]:
@@ -301,7 +309,7 @@ def _render_tree(console: Console, data: dict[str, Any]) -> None:
 @cli.command("history")
 @owner_options
 @click.option("--limit", type=click.IntRange(1, 500), default=20, show_default=True)
-@click.option("--before", type=int, help="Page cursor: show entries older than this id.")
+@click.option("--before", type=ID, help="Page cursor: show entries older than this id.")
 @command_options
 def history_cmd(
     ctx: Context,
@@ -367,6 +375,9 @@ def reconcile_cmd(ctx: Context) -> Output:
         raise SystemExit(1)
     return Output(report.as_dict())
 
+
+# The pipeline commands (send, job, dead-letters) live in their own module.
+from shared import cli_send  # noqa: E402, F401
 
 # ---------------------------------------------------------------- entry point
 

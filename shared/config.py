@@ -64,6 +64,7 @@ class Settings(BaseSettings):
     retry_backoff_max_s: PositiveSeconds = 300.0
     task_time_limit_s: PositiveSeconds = 120.0
     visibility_timeout_s: PositiveSeconds = 3600.0
+    restore_interval_s: PositiveSeconds = 10.0  # how often workers look for abandoned messages
     job_lock_timeout_s: PositiveSeconds = 90.0
 
     # Recovery sweeps (celery beat; one scheduler at a time through a Redis lock).

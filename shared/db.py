@@ -25,7 +25,10 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     url = normalize_database_url(url)
     if url.startswith("sqlite"):
         return _sqlite_engine(url, **kwargs)
-    kwargs.setdefault("pool_pre_ping", True)
+    # No pre-ping: it costs a round trip on every unit of work. A connection that died
+    # (a restart, a terminated backend) fails its first statement instead; SQLAlchemy then
+    # drops the whole pool, and the task's retry runs the idempotent step again.
+    kwargs.setdefault("pool_recycle", 1800)
     # A statement that waits on a lock this long means something is stuck: fail and retry.
     kwargs.setdefault(
         "connect_args", {"options": f"-c statement_timeout={PG_STATEMENT_TIMEOUT_MS}"}

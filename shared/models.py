@@ -25,6 +25,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -231,6 +232,13 @@ class Job(Base):
         UniqueConstraint("job_id", name="uq_jobs_job_id"),
         CheckConstraint("cost >= 0", name="cost_non_negative"),
         Index("ix_jobs_status_updated_at", "status", "updated_at"),
+        # Final jobs whose outcome event is not yet confirmed: a small, shrinking set.
+        Index(
+            "ix_jobs_unnotified",
+            "updated_at",
+            postgresql_where=text("notified_at IS NULL"),
+            sqlite_where=text("notified_at IS NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -251,6 +259,8 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(Timestamp(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(Timestamp(), default=utcnow)
     wait_expires_at: Mapped[datetime | None] = mapped_column(Timestamp())
+    # Set once the final outcome event is known to be on the stream (see the notify sweep).
+    notified_at: Mapped[datetime | None] = mapped_column(Timestamp())
 
 
 class JobStatus(enum.StrEnum):

@@ -134,6 +134,8 @@ def load_catalog(path: str | Path | None = None, accept_lead: int | None = None)
         catalog = Catalog.model_validate(data)
     except OSError as exc:
         raise InvalidRequest(f"cannot read catalog {str(source)!r}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise InvalidRequest(f"catalog {str(source)!r} is not UTF-8 text") from None
     except json.JSONDecodeError as exc:
         raise InvalidRequest(f"catalog {str(source)!r} is not JSON: {exc}") from None
     except ValidationError as exc:
@@ -158,7 +160,7 @@ def parse_denomination(value: object) -> int:
         raise InvalidRequest(f"denomination must be a whole number of US dollars, got {value!r}")
     if isinstance(value, int):
         number = value
-    elif isinstance(value, str) and value.strip().isdigit():
+    elif isinstance(value, str) and value.strip().isdecimal():
         number = int(value.strip())
     else:
         raise InvalidRequest(f"denomination must be a whole number of US dollars, got {value!r}")
@@ -178,6 +180,8 @@ def quote(
     catalog = catalog or load_catalog()
     if action not in ACTIONS:
         raise InvalidRequest(f"unknown action {action!r}; expected one of {', '.join(ACTIONS)}")
+    if denomination is not None and action != "gift_card":
+        raise InvalidRequest(f"denomination applies only to gift cards, not to {action}")
     iso = normalize_country(country) if country is not None else None
     if action == "postcard":
         if iso is None:
@@ -193,8 +197,6 @@ def quote(
             allowed = ", ".join(str(d) for d in catalog.gift_card_denominations)
             raise InvalidRequest(f"denomination {amount} is not offered; allowed: {allowed}")
         return Quote(action, amount + catalog.gift_card_fee, catalog.version, iso, amount)
-    if denomination is not None:
-        raise InvalidRequest(f"denomination applies only to gift cards, not to {action}")
     if action == "handwritten_note":
         return Quote(action, catalog.handwritten_note, catalog.version, country=iso)
     if action == "accept_lead":

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
     BaseModel,
@@ -18,6 +18,7 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from shared.errors import CreditsError, InvalidRequest
@@ -33,6 +34,14 @@ OptLine = Annotated[str | None, Field(default=None, max_length=100)]
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, frozen=True)
+
+    @model_validator(mode="after")
+    def _no_nul(self) -> Self:
+        # PostgreSQL text cannot hold NUL; refuse it here, naming the field, not in the DB.
+        for name, value in self:
+            if isinstance(value, str) and "\x00" in value:
+                raise ValueError(f"{name} must not contain NUL characters")
+        return self
 
 
 class Address(_Strict):

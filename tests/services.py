@@ -85,30 +85,32 @@ def wait_for_port(port: int, timeout_s: float = 20.0) -> None:
     raise TimeoutError(f"nothing listens on port {port} after {timeout_s}s")
 
 
-def private_redis(tmp_path: Path) -> tuple[subprocess.Popen, int]:
-    """A redis-server of the test's own, for tests that restart or kill it."""
+def private_redis(
+    tmp_path: Path,
+    password: str | None = None,
+    *,
+    appendonly: bool = False,
+    port: int | None = None,
+) -> tuple[subprocess.Popen, int]:
+    """A redis-server of the test's own, for tests that restart or kill it.
+
+    With ``password`` it runs with ``--requirepass``, as in docker-compose.yml; with
+    ``appendonly`` it fsyncs every write to an AOF in ``tmp_path``, so a restart on the
+    same ``port`` comes back with its data.
+    """
     exe = shutil.which("redis-server")
     if exe is None:
         missing("redis-server is not installed")
-    port = free_port()
+    port = port or free_port()
+    auth = ["--requirepass", password] if password is not None else []
+    aof = (
+        ["--appendonly", "yes", "--appendfsync", "always"] if appendonly else ["--appendonly", "no"]
+    )
     proc = subprocess.Popen(
-        [
-            exe,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(tmp_path),
-            "--maxmemory-policy",
-            "noeviction",
-        ],
+        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", *aof,
+         "--dir", str(tmp_path), "--maxmemory-policy", "noeviction", *auth],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-    )
+    )  # fmt: skip
     wait_for_port(port)
     return proc, port

@@ -6,7 +6,9 @@ that ``celery -A worker worker`` runs.
 
 from __future__ import annotations
 
-from celery import Celery
+from typing import Any
+
+from celery import Celery, signals
 
 from shared.client import FLOW_QUEUE, QUEUES
 from shared.config import Settings, get_settings
@@ -16,9 +18,14 @@ MEMORY_POLLING_INTERVAL_S = 0.005
 
 
 def create_app(settings: Settings | None = None) -> Celery:
+    settings = settings or get_settings()
+    # Before anything imports prometheus_client (the tasks do): prefork children need
+    # multiprocess mode to share their counters with the main process's /metrics.
+    from worker import metrics
+
+    metrics.prepare_multiprocess(settings)
     from worker.tasks import beat_schedule
 
-    settings = settings or get_settings()
     app = Celery("worker", set_as_current=False)
     transport_options = {
         # An unacked message is handed to another worker after this long, even while it
@@ -26,7 +33,13 @@ def create_app(settings: Settings | None = None) -> Celery:
         # countdown (retry_backoff_max_s) plus the task time limit plus the job lock, or a
         # retried job runs twice at once (kombu#337, celery#4400); Settings checks that.
         "visibility_timeout": settings.visibility_timeout_s,
-        # Consume queues in the order listed, not round-robin: instant actions first.
+        # A worker killed outright leaves its messages unacked; live workers scan for
+        # ones older than the visibility timeout every restore_interval_s and re-queue
+        # them (kombu's default scans only every 10th interval: 100 s).
+        "unacked_restore_interval": settings.restore_interval_s,
+        "unacked_restore_throttle": 1,
+        "unacked_mutex_expire": 60,
+        # Consume queues in the order listed, not round-robin: sweeps, instant, then flow.
         "queue_order_strategy": "priority",
     }
     if settings.broker.startswith("memory://"):
@@ -36,6 +49,7 @@ def create_app(settings: Settings | None = None) -> Celery:
         broker_connection_retry_on_startup=True,
         broker_transport_options=transport_options,
         visibility_timeout=settings.visibility_timeout_s,
+        result_backend_transport_options={"visibility_timeout": settings.visibility_timeout_s},
         result_backend=None,
         task_ignore_result=True,
         task_serializer="json",
@@ -69,4 +83,28 @@ def create_app(settings: Settings | None = None) -> Celery:
     from worker.tasks import register
 
     register(app)
+    _connect_signals(app, settings)
     return app
+
+
+def _connect_signals(app: Celery, settings: Settings) -> None:
+    """Logging and metrics for worker processes of this app (signals are process-wide)."""
+    from worker import logs, metrics
+    from worker.resources import resources_for
+
+    def on_logging(logger: Any = None, **_: Any) -> None:
+        logs.configure(logger, settings.log_format)
+
+    def on_worker_ready(sender: Any = None, **_: Any) -> None:
+        if getattr(sender, "app", None) is app and settings.metrics_port:
+            res = resources_for(settings)
+            metrics.start_server(settings, res.db, res.redis)
+
+    def on_worker_shutdown(sender: Any = None, **_: Any) -> None:
+        if getattr(sender, "app", None) is app:
+            metrics.cleanup()
+
+    signals.after_setup_logger.connect(on_logging, weak=False)
+    signals.after_setup_task_logger.connect(on_logging, weak=False)
+    signals.worker_ready.connect(on_worker_ready, weak=False)
+    signals.worker_shutdown.connect(on_worker_shutdown, weak=False)

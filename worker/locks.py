@@ -22,22 +22,25 @@ class Locks:
         self.member_timeout_s = settings.lock_timeout_s
         self.member_wait_s = settings.lock_blocking_timeout_s
         self.job_timeout_s = settings.job_lock_timeout_s
-        self.wait_observer = None  # set by metrics: called with seconds waited
+        self.wait_observer = None  # called with (lock kind, seconds waited)
 
     @contextmanager
     def member(self, member_id: int) -> Iterator[bool]:
         """Serialise reservations on one wallet; yields False if not acquired in time."""
-        with self._hold(f"member:{member_id}", self.member_timeout_s, self.member_wait_s) as ok:
+        with self._hold("member", member_id, self.member_timeout_s, self.member_wait_s) as ok:
             yield ok
 
     @contextmanager
     def job(self, job_id: str) -> Iterator[bool]:
         """At most one delivery of a job runs at a time; a second yields False at once."""
-        with self._hold(f"job:{job_id}", self.job_timeout_s, None) as ok:
+        with self._hold("job", job_id, self.job_timeout_s, None) as ok:
             yield ok
 
     @contextmanager
-    def _hold(self, name: str, timeout_s: float, wait_s: float | None) -> Iterator[bool]:
+    def _hold(
+        self, kind: str, key: object, timeout_s: float, wait_s: float | None
+    ) -> Iterator[bool]:
+        name = f"{kind}:{key}"
         lock = self.redis.lock(
             self.prefix + name,
             timeout=timeout_s,
@@ -48,7 +51,7 @@ class Locks:
         started = time.monotonic()
         acquired = lock.acquire()
         if self.wait_observer is not None:
-            self.wait_observer(time.monotonic() - started)
+            self.wait_observer(kind, time.monotonic() - started)
         try:
             yield acquired
         finally:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,13 +21,14 @@ from shared.errors import (
     NotFound,
     PermanentVendorError,
     TransientVendorError,
-    VendorOutcomeUnknown,
+    VendorError,
 )
 from shared.events import Event
 from shared.models import JobStatus
 from shared.schemas import JobId, parse_job
 from shared.services import jobs
 from shared.services.jobs import JobView
+from worker import metrics
 from worker.faults import maybe_crash
 from worker.resources import Resources
 
@@ -85,6 +87,8 @@ class SendPipeline:
                     max_wait_s=s.awaiting_credits_max_wait_s,
                 )
             self._log(view, "reserve")
+            if view.changed and view.status == JobStatus.RESERVED:
+                metrics.credits_moved("held", view.cost)
             if view.status == JobStatus.AWAITING_CREDITS:
                 return self._emit(view)
             maybe_crash(self.res, "after_hold")
@@ -96,32 +100,40 @@ class SendPipeline:
         db = self.res.db
         view = jobs.mark_submitted(db, spec.job_id)
         self._log(view, "submit")
+        started = time.monotonic()
         try:
             # Outside any transaction: the vendor may take seconds, and a row lock must not.
             sent = self.res.provider.submit(spec, idempotency_key=spec.job_id)
-        except TransientVendorError as exc:
-            jobs.note_error(db, spec.job_id, str(exc))
-            # Vendor attempts are counted on the job row, so redeliveries share the budget.
-            if view.attempts <= self.res.settings.retry_max:
-                raise RetryLater(str(exc), self._backoff(view.attempts - 1)) from exc
-            # Out of retries: the hold stays and the resolver asks the vendor later.
-            log.error("job %s: vendor failing after %d tries: %s", spec.job_id, view.attempts, exc)
-            return self._emit(jobs.get_view(db, spec.job_id), reason=f"retries exhausted: {exc}")
-        except PermanentVendorError as exc:
-            return self._emit(jobs.refund(db, spec.job_id, reason=str(exc)))
-        except VendorOutcomeUnknown as exc:
-            jobs.note_error(db, spec.job_id, str(exc))
-            view = jobs.get_view(db, spec.job_id)
-            return self._emit(view, reason=f"in doubt: {exc}")
+        except VendorError as exc:
+            metrics.vendor_call("submit", type(exc).__name__, time.monotonic() - started)
+            return self._vendor_failed(spec, view, exc)
+        metrics.vendor_call("submit", "ok", time.monotonic() - started)
         maybe_crash(self.res, "after_vendor_accepted")
         maybe_crash(self.res, "before_capture")
         view = jobs.complete(db, spec.job_id, vendor_ref=sent.ref)
         maybe_crash(self.res, "after_capture_before_event")
         return self._emit(view)
 
+    def _vendor_failed(self, spec, view: JobView, exc: VendorError) -> dict:
+        db = self.res.db
+        if isinstance(exc, PermanentVendorError):
+            return self._emit(jobs.refund(db, spec.job_id, reason=str(exc)))
+        jobs.note_error(db, spec.job_id, str(exc))
+        if isinstance(exc, TransientVendorError):
+            # Vendor attempts are counted on the job row, so redeliveries share the budget.
+            if view.attempts <= self.res.settings.retry_max:
+                raise RetryLater(str(exc), self._backoff(view.attempts - 1)) from exc
+            # Out of retries: the hold stays and the resolver asks the vendor later.
+            log.error("job %s: vendor failing after %d tries: %s", spec.job_id, view.attempts, exc)
+            return self._emit(jobs.get_view(db, spec.job_id), reason=f"retries exhausted: {exc}")
+        # VendorOutcomeUnknown: it may have been sent. Never guess; the resolver will ask.
+        return self._emit(jobs.get_view(db, spec.job_id), reason=f"in doubt: {exc}")
+
     # ------------------------------------------------------------ outcomes
 
     def _emit(self, view: JobView, *, reason: str | None = None) -> dict:
+        if view.changed:
+            record_outcome(view)
         fields = view.event_fields()
         if reason:
             fields["reason"] = reason
@@ -170,8 +182,13 @@ class SendPipeline:
         return random.uniform(ceiling / 2, ceiling)
 
     def _log(self, view: JobView, step: str) -> None:
-        log.info(
-            "job_state",
+        # One line per state change at INFO; replays of done steps only at DEBUG.
+        log.log(
+            logging.INFO if view.changed else logging.DEBUG,
+            "job %s %s: %s",
+            view.job_id,
+            step,
+            view.status,
             extra={
                 "job_id": view.job_id,
                 "member_id": view.member_id,
@@ -183,6 +200,16 @@ class SendPipeline:
                 "changed": view.changed,
             },
         )
+
+
+def record_outcome(view: JobView) -> None:
+    """Count a job's new status and the credits it moved (once: only on a real change)."""
+    if view.final or view.status == JobStatus.AWAITING_CREDITS:
+        metrics.job_outcome(view.status)
+    if view.status == JobStatus.COMPLETED:
+        metrics.credits_moved("captured", view.cost)
+    elif view.status == JobStatus.REFUNDED:
+        metrics.credits_moved("released", view.cost)
 
 
 def _busy() -> float:

@@ -18,6 +18,7 @@ from shared.db import Database
 from shared.events import EventStream
 from shared.pricing import Catalog, catalog_from_settings
 from shared.redis_client import make_redis
+from worker import metrics
 from worker.fulfilment import FulfilmentProvider, StubProvider, StubRates
 from worker.locks import Locks
 
@@ -48,7 +49,9 @@ class Resources:
 
     @cached_property
     def locks(self) -> Locks:
-        return Locks(self.redis, self.settings)
+        locks = Locks(self.redis, self.settings)
+        locks.wait_observer = metrics.lock_waited
+        return locks
 
     @cached_property
     def provider(self) -> FulfilmentProvider:

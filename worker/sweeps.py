@@ -19,6 +19,7 @@ from shared.services import jobs, recovery
 from shared.services.reconcile import reconcile
 from worker.faults import maybe_crash
 from worker.fulfilment import VendorStatus
+from worker.pipeline import record_outcome
 from worker.resources import Resources
 
 log = logging.getLogger("credits.sweeps")
@@ -40,6 +41,8 @@ class SweepReport:
 
 
 def _emit(res: Resources, view: jobs.JobView) -> None:
+    if view.changed:
+        record_outcome(view)
     res.events.publish(Event(**view.event_fields()))
 
 
@@ -101,10 +104,23 @@ def republish_stale(res: Resources, publish: Publish) -> SweepReport:
     return report
 
 
+def notify_outcomes(res: Resources, publish: Publish | None = None) -> SweepReport:
+    """Make sure the flow engine heard every final outcome (an outbox over the jobs table)."""
+    s, report = res.settings, SweepReport("notify_outcomes")
+    views = recovery.unnotified_finals(
+        res.db, older_than_s=s.job_lock_timeout_s, limit=s.sweep_batch
+    )
+    for view in views:
+        report.add("sent" if res.events.publish(Event(**view.event_fields())) else "already_sent")
+    recovery.mark_notified(res.db, [v.job_id for v in views])
+    return report
+
+
 def reconcile_and_report(res: Resources, publish: Publish | None = None) -> SweepReport:
     """Check the invariants; log each drift as an error naming the wallet."""
     result = reconcile(res.db)
     report = SweepReport("reconcile", {"drift": len(result.problems), **result.figures})
+    res.redis.set(f"{res.settings.key_prefix}reconcile:drift", len(result.problems))
     for problem in result.problems:
         log.error(
             "ledger drift: %s",

@@ -11,7 +11,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from shared.client import MAINTENANCE_QUEUE, SEND_ACTION_TASK, publish_job
-from worker import sweeps
+from worker import metrics, sweeps
 from worker.pipeline import RetryLater, SendPipeline
 from worker.resources import resources_for
 
@@ -20,6 +20,7 @@ log = logging.getLogger("credits.tasks")
 # Every redelivery path is bounded. Beyond this, the job row stays where it is and the
 # recovery sweeps (resolve, resume, re-publish) take over.
 MAX_TASK_RETRIES = 200
+LOCK_WAIT_FACTOR = 5
 INFRA_BACKOFF_MAX_S = 60.0
 # Lost connections only: a DataError or IntegrityError is a bug to surface, not to retry.
 INFRA_ERRORS = (OperationalError, InterfaceError, RedisConnectionError, RedisTimeoutError)
@@ -35,7 +36,10 @@ def register(app: Celery) -> None:
         try:
             return pipeline.process(job, message_id=self.request.id)
         except RetryLater as exc:
-            raise self.retry(countdown=exc.countdown_s, exc=exc) from None
+            # Waiting for a lock is not the job's fault: it gets a larger budget than
+            # vendor and infrastructure retries, but still a bounded one.
+            budget = MAX_TASK_RETRIES if exc.counts else MAX_TASK_RETRIES * LOCK_WAIT_FACTOR
+            raise self.retry(countdown=exc.countdown_s, exc=exc, max_retries=budget) from None
         except INFRA_ERRORS as exc:
             # PostgreSQL or Redis went away mid-step: every step is idempotent, so run the
             # whole message again once they are back.
@@ -50,6 +54,7 @@ SWEEPS = {
     "credits.resolve_in_doubt": (sweeps.resolve_in_doubt, "resolve_every_s"),
     "credits.resume_awaiting": (sweeps.resume_awaiting, "resume_every_s"),
     "credits.republish_stale": (sweeps.republish_stale, "republish_every_s"),
+    "credits.notify_outcomes": (sweeps.notify_outcomes, "resolve_every_s"),
     "credits.reconcile": (sweeps.reconcile_and_report, "reconcile_every_s"),
 }
 
@@ -65,6 +70,7 @@ def _register_sweep(app: Celery, name: str, fn) -> None:
         res = resources_for(self.app.credits_settings)
         # Counted in Redis so ops (and the two-beats test) can see how often each fired.
         res.redis.incr(f"{res.settings.key_prefix}sweep_runs:{name}")
+        metrics.sweep_ran(name)
         report = fn(res, lambda payload, source: publish_job(self.app, payload, source))
         log.info("sweep %s: %s", name, report.counts)
         return report.as_dict()

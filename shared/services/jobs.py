@@ -132,8 +132,11 @@ def move_job(
     detail: str | None = None,
     **values: Any,
 ) -> bool:
-    """Change a job's status only if it is still in ``allowed_from``; record the transition."""
-    now = utcnow()
+    """Change a job's status only if it is still in ``allowed_from``; record the transition.
+
+    The ORM synchronises the in-session ``job`` with the UPDATE, so no re-read is needed.
+    """
+    now, before = utcnow(), job.status
     changed = session.execute(
         update(Job)
         .where(Job.id == job.id, Job.status.in_([s.value for s in allowed_from]))
@@ -143,12 +146,8 @@ def move_job(
     if changed is None:
         return False
     session.add(
-        JobTransition(
-            job_pk=job.id, from_status=job.status, to_status=to.value, detail=detail, at=now
-        )
+        JobTransition(job_pk=job.id, from_status=before, to_status=to.value, detail=detail, at=now)
     )
-    session.flush()
-    session.refresh(job)
     return True
 
 
@@ -222,8 +221,8 @@ def reserve(db: Database, job_id: str, *, hold_ttl_s: float, max_wait_s: float) 
             return view_of(session, job, changed=False)
         if job.cost > 0:
             try:
-                with session.begin_nested():
-                    hold_in(session, job.job_id, job.member_id, job.cost, ttl_s=hold_ttl_s)
+                # No savepoint needed: a refused hold has written nothing (ledger.post).
+                hold_in(session, job.job_id, job.member_id, job.cost, ttl_s=hold_ttl_s)
             except InsufficientCredits as exc:
                 return _park(session, job, str(exc), max_wait_s)
         move_job(session, job, JobStatus.RESERVED, (JobStatus.RECEIVED, JobStatus.AWAITING_CREDITS))

@@ -153,16 +153,22 @@ def request_hash(**fields: object) -> str:
 # ---------------------------------------------------------------- the one place balances move
 
 
-def apply_legs(session: Session, txn: LedgerTransaction, legs: Iterable[Leg]) -> dict[int, dict]:
-    """Apply balanced legs under conditional UPDATEs in wallet-id order; write the entries.
+def post(
+    session: Session, legs: Iterable[Leg], **txn_values: object
+) -> tuple[LedgerTransaction, dict[int, dict]]:
+    """Move balanced legs under conditional UPDATEs in wallet-id order, then write the
+    transaction and its entries. The one place balances change.
 
-    Returns each touched wallet's balances after the move. Raises InsufficientCredits when
-    a guarded available bucket would go negative, InvariantViolation for anything that
-    should be impossible (unbalanced legs, a held bucket going negative).
+    The UPDATEs come first: when one is refused (InsufficientCredits), this transaction
+    has written nothing, so the caller can carry on without a savepoint. Returns the
+    transaction and each touched wallet's balances after the move. InvariantViolation for
+    anything that should be impossible (unbalanced legs, a held bucket going negative).
     """
     legs = [leg for leg in legs if leg.delta != 0]
     if sum(leg.delta for leg in legs) != 0:
-        raise InvariantViolation(f"transaction {txn.kind} legs do not sum to zero: {legs}")
+        raise InvariantViolation(
+            f"transaction {txn_values.get('kind')} legs do not sum to 0: {legs}"
+        )
     per_wallet: dict[int, dict[Bucket, int]] = {}
     guarded: dict[int, bool] = {}
     for leg in legs:
@@ -187,17 +193,18 @@ def apply_legs(session: Session, txn: LedgerTransaction, legs: Iterable[Leg]) ->
             _explain_refused_update(session, wallet_id, d_avail, d_held)
         after[wallet_id] = {"available": row.available, "held": row.held}
 
-    for leg in legs:
-        session.add(
-            LedgerEntry(
-                transaction_id=txn.id,
-                wallet_id=leg.wallet_id,
-                bucket=leg.bucket.value,
-                amount=leg.delta,
-                balance_after=after[leg.wallet_id][leg.bucket.value],
-            )
+    txn = new_transaction(session, **txn_values)
+    session.add_all(
+        LedgerEntry(
+            transaction_id=txn.id,
+            wallet_id=leg.wallet_id,
+            bucket=leg.bucket.value,
+            amount=leg.delta,
+            balance_after=after[leg.wallet_id][leg.bucket.value],
         )
-    return after
+        for leg in legs
+    )
+    return txn, after
 
 
 def _explain_refused_update(session: Session, wallet_id: int, d_avail: int, d_held: int):
@@ -227,11 +234,19 @@ def owner_of(session: Session, wallet: Wallet):
     return None
 
 
+_SYSTEM_WALLETS: dict[tuple[str, str], int] = {}
+
+
 def system_wallet_id(session: Session, name: WalletKind) -> int:
-    wallet_id = session.scalar(select(Wallet.id).where(Wallet.system_name == name.value))
-    if wallet_id is None:
-        raise InvariantViolation(f"system wallet {name.value!r} is missing: run the migrations")
-    return wallet_id
+    """The id of ``external`` or ``spent``: seeded by the first migration, never changed,
+    so it is read once per database."""
+    key = (str(session.get_bind().url), name.value)
+    if key not in _SYSTEM_WALLETS:
+        wallet_id = session.scalar(select(Wallet.id).where(Wallet.system_name == name.value))
+        if wallet_id is None:
+            raise InvariantViolation(f"system wallet {name.value!r} is missing: run migrations")
+        _SYSTEM_WALLETS[key] = wallet_id
+    return _SYSTEM_WALLETS[key]
 
 
 def new_transaction(session: Session, **values: object) -> LedgerTransaction:
@@ -324,8 +339,15 @@ def _transfer(
         if amount < 0:
             source, target, amount = target, source, -amount
             txn_kind = TxnKind.RECLAIM
-        txn = new_transaction(
+        legs = [
+            Leg(source, Bucket.AVAILABLE, -amount, kind != TxnKind.TOPUP),
+            Leg(target, Bucket.AVAILABLE, amount, True),
+        ]
+        # A racing request with the same key loses on the UNIQUE key at the INSERT, after
+        # its UPDATEs: it rolls back whole and replays the winner (run_idempotent).
+        txn, after = post(
             session,
+            legs,
             kind=txn_kind.value,
             idempotency_key=scoped_key,
             request_hash=digest if scoped_key else None,
@@ -334,15 +356,6 @@ def _transfer(
             credit_wallet_id=target,
             actor=str(actor),
             memo=memo,
-        )
-        guard_source = kind != TxnKind.TOPUP
-        after = apply_legs(
-            session,
-            txn,
-            [
-                Leg(source, Bucket.AVAILABLE, -amount, guard_source),
-                Leg(target, Bucket.AVAILABLE, amount, True),
-            ],
         )
         available = {wallet_id: b["available"] for wallet_id, b in after.items()}
         return Transfer(txn.id, txn.kind, amount, source, target, False, available)
@@ -468,19 +481,14 @@ def hold_in(
                 f"{existing.wallet_id}; this request asks {amount} on wallet {member.wallet_id}"
             )
         return _hold_result(session, existing, replayed=True)
-    now = utcnow()
-    hold = Hold(
-        job_id=job_id,
-        wallet_id=member.wallet_id,
-        amount=amount,
-        state=HoldState.HELD.value,
-        created_at=now,
-        expires_at=now + timedelta(seconds=ttl_s),
-    )
-    session.add(hold)
-    session.flush()  # uq_holds_job_id decides a race between two deliveries
-    txn = new_transaction(
+    # The conditional UPDATE goes first: if the member is short, nothing is written, and a
+    # caller can park the job in the same transaction.
+    _txn, after = post(
         session,
+        [
+            Leg(member.wallet_id, Bucket.AVAILABLE, -amount, True),
+            Leg(member.wallet_id, Bucket.HELD, amount, True),
+        ],
         kind=TxnKind.HOLD.value,
         amount=amount,
         debit_wallet_id=member.wallet_id,
@@ -488,15 +496,20 @@ def hold_in(
         actor=str(actor),
         job_id=job_id,
     )
-    after = apply_legs(
-        session,
-        txn,
-        [
-            Leg(member.wallet_id, Bucket.AVAILABLE, -amount, True),
-            Leg(member.wallet_id, Bucket.HELD, amount, True),
-        ],
-    )[member.wallet_id]
-    return HoldResult(job_id, member.wallet_id, amount, hold.state, False, **after)
+    now = utcnow()
+    session.add(
+        Hold(
+            job_id=job_id,
+            wallet_id=member.wallet_id,
+            amount=amount,
+            state=HoldState.HELD.value,
+            created_at=now,
+            expires_at=now + timedelta(seconds=ttl_s),
+        )
+    )
+    session.flush()  # uq_holds_job_id decides a race between two deliveries
+    balances = after[member.wallet_id]
+    return HoldResult(job_id, member.wallet_id, amount, HoldState.HELD.value, False, **balances)
 
 
 def _hold_result(session: Session, hold: Hold, *, replayed: bool) -> HoldResult:
@@ -541,8 +554,9 @@ def resolve_in(session: Session, job_id: str, outcome: HoldState, *, actor: Acto
         )
     else:
         target = Leg(row.wallet_id, Bucket.AVAILABLE, row.amount, True)
-    txn = new_transaction(
+    _txn, after = post(
         session,
+        [Leg(row.wallet_id, Bucket.HELD, -row.amount, True), target],
         kind=kind.value,
         amount=row.amount,
         debit_wallet_id=row.wallet_id,
@@ -550,7 +564,6 @@ def resolve_in(session: Session, job_id: str, outcome: HoldState, *, actor: Acto
         actor=str(actor),
         job_id=job_id,
     )
-    after = apply_legs(session, txn, [Leg(row.wallet_id, Bucket.HELD, -row.amount, True), target])
     return HoldResult(
         job_id, row.wallet_id, row.amount, outcome.value, False, **after[row.wallet_id]
     )

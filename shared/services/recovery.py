@@ -12,11 +12,20 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from shared.db import Database
-from shared.models import Hold, HoldState, Job, JobStatus, Member, Wallet, utcnow
+from shared.models import (
+    FINAL_JOB_STATUSES,
+    Hold,
+    HoldState,
+    Job,
+    JobStatus,
+    Member,
+    Wallet,
+    utcnow,
+)
 from shared.services.jobs import JobView, get_job, move_job, view_of
 
 
@@ -158,3 +167,50 @@ def _expire(session: Session, now: datetime, limit: int) -> list[JobView]:
 def job_status(db: Database, job_id: str) -> str:
     with db.unit_of_work() as session:
         return get_job(session, job_id).status
+
+
+def unnotified_finals(db: Database, *, older_than_s: float, limit: int) -> list[JobView]:
+    """Final jobs whose outcome event is not yet confirmed, oldest first.
+
+    A worker that died between its last commit and its event leaves one of these; so
+    does a Redis that lost the stream. Re-publishing is safe: events go out once per
+    (job_id, status).
+    """
+    cutoff = utcnow() - timedelta(seconds=older_than_s)
+    with db.unit_of_work() as session:
+        rows = session.scalars(
+            select(Job)
+            .where(Job.notified_at.is_(None), Job.updated_at < cutoff)
+            .where(Job.status.in_([s.value for s in FINAL_JOB_STATUSES]))
+            .order_by(Job.updated_at)
+            .limit(limit)
+        )
+        return [view_of(session, job, changed=False) for job in rows]
+
+
+def mark_notified(db: Database, job_ids: list[str]) -> None:
+    if not job_ids:
+        return
+    with db.unit_of_work() as session:
+        session.execute(update(Job).where(Job.job_id.in_(job_ids)).values(notified_at=utcnow()))
+
+
+def ledger_gauges(db: Database) -> dict[str, float]:
+    """Open holds, their credits, the oldest one's age, and parked jobs: for metrics."""
+    now = utcnow()
+    with db.unit_of_work() as session:
+        count, credits, oldest = session.execute(
+            select(func.count(Hold.id), func.coalesce(func.sum(Hold.amount), 0),
+                   func.min(Hold.created_at)).where(Hold.state == HoldState.HELD.value)
+        ).one()  # fmt: skip
+        awaiting = session.scalar(
+            select(func.count(Job.id)).where(Job.status == JobStatus.AWAITING_CREDITS.value)
+        )
+    if oldest is not None and oldest.tzinfo is None:
+        oldest = oldest.replace(tzinfo=now.tzinfo)
+    return {
+        "open_holds": count,
+        "open_held_credits": credits,
+        "oldest_open_hold_age_s": (now - oldest).total_seconds() if oldest else 0.0,
+        "awaiting_credits": awaiting,
+    }

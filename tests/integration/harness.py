@@ -36,38 +36,59 @@ def wait_until(check: Callable[[], Any], timeout_s: float, what: str, every_s: f
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
+def die_with_parent() -> None:
+    """In the child: get SIGKILL when the test runner dies, so no worker outlives a run."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
+def worker_command(name: str, concurrency: int = 2) -> list[str]:
+    return [
+        sys.executable, "-m", "celery", "-A", "worker", "worker",
+        "--loglevel=INFO", "-n", f"{name}@%h", "-Q", QUEUES,
+        "-c", str(concurrency), "--without-mingle", "--without-gossip",
+    ]  # fmt: skip
+
+
+def beat_command(log_dir: Path, name: str) -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", "worker", "beat", "--loglevel=DEBUG",
+            "-s", str(log_dir / f"{name}-schedule")]  # fmt: skip
+
+
 @dataclass
-class WorkerProcess:
+class CeleryProcess:
+    """A celery worker or beat in a session of its own, logging to a file."""
+
     env: dict[str, str]
     log_path: Path
     name: str
-    concurrency: int = 2
-    pool: str = "prefork"
+    command: list[str]
+    ready_marker: bytes = b" ready."
     proc: subprocess.Popen | None = None
-    extra_args: list[str] = field(default_factory=list)
 
-    def start(self) -> WorkerProcess:
-        cmd = [
-            sys.executable, "-m", "celery", "-A", "worker", "worker",
-            "--loglevel=INFO", "-n", f"{self.name}@%h", "-Q", QUEUES,
-            "-c", str(self.concurrency), "-P", self.pool,
-            "--without-mingle", "--without-gossip", *self.extra_args,
-        ]  # fmt: skip
+    def start(self) -> CeleryProcess:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            self.command, cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True, preexec_fn=die_with_parent,
         )  # fmt: skip
         return self
 
-    def wait_ready(self, timeout_s: float = 60.0) -> WorkerProcess:
+    def wait_ready(self, timeout_s: float = 60.0) -> CeleryProcess:
         def ready() -> bool:
             if self.proc.poll() is not None:
-                raise AssertionError(f"worker {self.name} exited early:\n{self.log_tail()}")
-            return b" ready." in self.log_path.read_bytes()
+                raise AssertionError(f"{self.name} exited early:\n{self.log_tail()}")
+            return self.ready_marker in self.log_path.read_bytes()
 
-        wait_until(ready, timeout_s, f"worker {self.name} to be ready")
+        wait_until(ready, timeout_s, f"{self.name} to be ready")
         return self
+
+    def restart(self) -> CeleryProcess:
+        self.kill()
+        self._log.close()
+        return self.start().wait_ready()
 
     @property
     def alive(self) -> bool:
@@ -105,7 +126,7 @@ class Stack:
     key_prefix: str
     tmp_path: Path
     settings_env: dict[str, str] = field(default_factory=dict)
-    workers: list[WorkerProcess] = field(default_factory=list)
+    workers: list[CeleryProcess] = field(default_factory=list)
 
     def env(self, **overrides: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CREDITS_")}
@@ -132,15 +153,48 @@ class Stack:
         return load_settings(**values)
 
     def start_worker(self, name: str = "w1", *, concurrency: int = 2, **env: str):
-        worker = WorkerProcess(
-            self.env(**env), self.tmp_path / f"{name}.log", name, concurrency=concurrency
-        )
+        command = worker_command(name, concurrency)
+        worker = CeleryProcess(self.env(**env), self.tmp_path / f"{name}.log", name, command)
         self.workers.append(worker.start())
         return worker.wait_ready()
 
+    def start_beat(self, name: str = "beat1", *, wait: bool = True, **env: str):
+        command = beat_command(self.tmp_path, name)
+        beat = CeleryProcess(
+            self.env(**env), self.tmp_path / f"{name}.log", name, command, b"beat: Starting"
+        )
+        self.workers.append(beat.start())
+        return beat.wait_ready() if wait else beat
+
     def stop(self) -> None:
+        self._supervising = False
+        if getattr(self, "_supervisor", None) is not None:
+            self._supervisor.join(5)
         for worker in self.workers:
             worker.stop()
+
+    def supervise(self, every_s: float = 0.5) -> None:
+        """Restart any worker or beat that exits, as compose's restart policy would.
+
+        Beat exits on purpose when it cannot renew its Redis lock; a supervisor brings it
+        back, and it waits for the lock again.
+        """
+        import threading
+
+        self._supervising = True
+        self.restarts = 0
+
+        def loop() -> None:
+            while self._supervising:
+                for proc in list(self.workers):
+                    if self._supervising and proc.proc is not None and not proc.alive:
+                        proc._log.close()
+                        proc.start()
+                        self.restarts += 1
+                time.sleep(every_s)
+
+        self._supervisor = threading.Thread(target=loop, daemon=True)
+        self._supervisor.start()
 
     def logs(self) -> str:
         return "\n".join(f"--- {w.name}\n{w.log_tail()}" for w in self.workers)

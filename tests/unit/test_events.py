@@ -1,0 +1,178 @@
+"""The outcome stream on fakeredis: published once per (job_id, status), read by flow engines."""
+
+from __future__ import annotations
+
+import threading
+
+import fakeredis
+import pytest
+
+from shared.events import FINAL_STATUSES, Event, EventStream
+
+WAIT_S = 5.0  # an upper bound for events that are already there; never reached when green
+
+
+@pytest.fixture
+def server() -> fakeredis.FakeServer:
+    return fakeredis.FakeServer()
+
+
+@pytest.fixture
+def redis(server) -> fakeredis.FakeRedis:
+    return fakeredis.FakeRedis(server=server)
+
+
+@pytest.fixture
+def stream(redis) -> EventStream:
+    return EventStream(redis, "test:events", maxlen=1000)
+
+
+def event(job_id: str = "job-1", status: str = "completed", **extra: object) -> Event:
+    values: dict[str, object] = {
+        "member_id": 7,
+        "cost": 5,
+        "available": 10,
+        "held": 0,
+        **extra,
+    }
+    return Event(job_id, status, **values)
+
+
+# ---------------------------------------------------------------- publish once
+
+
+def test_an_event_is_published_once_per_job_and_status(stream):
+    first = stream.publish(event())
+    again = stream.publish(event(cost=99))
+    assert first is not None
+    assert again is None
+    published = list(stream.all())
+    assert len(published) == 1
+    assert published[0]["cost"] == "5"
+
+
+def test_another_status_of_the_same_job_is_published(stream):
+    assert stream.publish(event(status="submitted"))
+    assert stream.publish(event(status="completed"))
+    assert [e["status"] for e in stream.all()] == ["submitted", "completed"]
+
+
+def test_the_same_status_of_another_job_is_published(stream):
+    assert stream.publish(event("job-1"))
+    assert stream.publish(event("job-2"))
+    assert [e["job_id"] for e in stream.all()] == ["job-1", "job-2"]
+
+
+def test_publish_once_markers_belong_to_their_stream(redis):
+    one = EventStream(redis, "a:events")
+    two = EventStream(redis, "b:events")
+    assert one.publish(event())
+    assert two.publish(event())
+    assert len(list(two.all())) == 1
+
+
+def test_publish_returns_the_stream_id_of_the_new_entry(stream):
+    entry_id = stream.publish(event())
+    assert stream.last_id() == entry_id
+    assert [i for i, _ in stream.read("0-0")] == [entry_id]
+
+
+# ---------------------------------------------------------------- fields
+
+
+@pytest.mark.parametrize("status", FINAL_STATUSES)
+def test_final_statuses_carry_final_1(stream, status):
+    stream.publish(event(status=status))
+    (published,) = stream.all()
+    assert published["final"] == "1"
+    assert event(status=status).final
+
+
+@pytest.mark.parametrize("status", ["received", "submitted", "awaiting_credits", "reserved"])
+def test_other_statuses_carry_final_0(stream, status):
+    stream.publish(event(status=status))
+    (published,) = stream.all()
+    assert published["final"] == "0"
+    assert not event(status=status).final
+
+
+def test_fields_are_strings_and_unset_ones_are_left_out(stream):
+    stream.publish(event(flow_id="flow-1", step_id=None, reason=None))
+    (published,) = stream.all()
+    assert published["job_id"] == "job-1"
+    assert published["member_id"] == "7"
+    assert published["available"] == "10"
+    assert published["flow_id"] == "flow-1"
+    assert "step_id" not in published
+    assert "reason" not in published
+    assert float(published["at"]) > 0
+
+
+def test_read_after_an_id_skips_what_came_before(stream):
+    stream.publish(event("job-1"))
+    mark = stream.last_id()
+    stream.publish(event("job-2"))
+    assert [e["job_id"] for _, e in stream.read(mark)] == ["job-2"]
+
+
+def test_last_id_of_an_empty_stream_is_the_start(stream):
+    assert stream.last_id() == "0-0"
+
+
+# ---------------------------------------------------------------- wait_for
+
+
+def test_wait_for_returns_the_final_event_of_the_job(stream):
+    mark = stream.last_id()
+    stream.publish(event("job-1", "submitted"))
+    stream.publish(event("job-1", "completed"))
+    found = stream.wait_for("job-1", mark, timeout_s=WAIT_S)
+    assert found is not None
+    assert found["status"] == "completed"
+    assert found["final"] == "1"
+
+
+def test_wait_for_returns_when_the_job_is_awaiting_credits(stream):
+    mark = stream.last_id()
+    stream.publish(event("job-1", "awaiting_credits", cost=5, available=2))
+    found = stream.wait_for("job-1", mark, timeout_s=WAIT_S)
+    assert found is not None
+    assert found["status"] == "awaiting_credits"
+
+
+def test_wait_for_ignores_outcomes_of_other_jobs(stream):
+    mark = stream.last_id()
+    stream.publish(event("job-2", "completed"))
+    stream.publish(event("job-3", "awaiting_credits"))
+    stream.publish(event("job-1", "refunded"))
+    found = stream.wait_for("job-1", mark, timeout_s=WAIT_S)
+    assert found is not None
+    assert (found["job_id"], found["status"]) == ("job-1", "refunded")
+
+
+def test_wait_for_returns_none_after_the_timeout_when_only_other_jobs_finish(stream):
+    mark = stream.last_id()
+    stream.publish(event("job-2", "completed"))
+    stream.publish(event("job-1", "submitted"))
+    assert stream.wait_for("job-1", mark, timeout_s=0.2) is None
+
+
+def test_wait_for_ignores_events_before_the_given_id(stream):
+    stream.publish(event("job-1", "completed"))
+    assert stream.wait_for("job-1", stream.last_id(), timeout_s=0.2) is None
+
+
+def test_wait_for_sees_an_event_another_client_publishes_concurrently(server, stream):
+    mark = stream.last_id()
+    publisher = EventStream(fakeredis.FakeRedis(server=server), stream.stream)
+
+    def publish() -> None:
+        publisher.publish(event("job-2", "completed"))
+        publisher.publish(event("job-1", "expired"))
+
+    thread = threading.Thread(target=publish)
+    thread.start()
+    found = stream.wait_for("job-1", mark, timeout_s=WAIT_S)
+    thread.join(WAIT_S)
+    assert found is not None
+    assert found["status"] == "expired"

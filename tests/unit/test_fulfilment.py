@@ -1,0 +1,347 @@
+"""The stub fulfilment provider on fakeredis: seeded outcomes, vendor idempotency, outages."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from itertools import count
+
+import fakeredis
+import pytest
+
+from shared.errors import PermanentVendorError, TransientVendorError, VendorOutcomeUnknown
+from shared.schemas import parse_job
+from worker import fulfilment
+from worker.fulfilment import StubProvider, StubRates, Submission, VendorStatus
+
+ADDRESS = {"name": "Jane Doe", "line1": "1 Main St", "city": "Springfield", "country": "US"}
+MIXED = StubRates(delivered=0.6, rejected=0.2, transient=0.15, timeout=0.05)
+
+
+class FakeClock:
+    """Stands in for the ``time`` module inside worker.fulfilment; moves only when told."""
+
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def time(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def server() -> fakeredis.FakeServer:
+    return fakeredis.FakeServer()
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    fake = FakeClock()
+    monkeypatch.setattr(fulfilment, "time", fake)
+    return fake
+
+
+def stub(server: fakeredis.FakeServer, rates: StubRates = MIXED) -> StubProvider:
+    return StubProvider(fakeredis.FakeRedis(server=server), rates)
+
+
+def only(outcome: str, **extra: object) -> StubRates:
+    """Rates under which every key is destined for ``outcome``."""
+    rates = {"delivered": 0.0, "rejected": 0.0, "transient": 0.0, "timeout": 0.0}
+    rates[outcome] = 1.0
+    return StubRates(**rates, **extra)
+
+
+def note(job_id: str, action: str = "handwritten_note"):
+    fields: dict[str, object] = {
+        "handwritten_note": {
+            "message": "Thanks!",
+            "recipient": ADDRESS,
+            "return_address": ADDRESS,
+        },
+        "gift_card": {
+            "brand": "Amazon",
+            "denomination": 25,
+            "recipient": ADDRESS,
+            "return_address": ADDRESS,
+        },
+        "email": {"to": "lead@example.com", "subject": "Hi", "body": "Hello"},
+    }[action]
+    return parse_job({"job_id": job_id, "member_id": 1, "action": action, **fields})
+
+
+def key_planned_for(provider: StubProvider, outcome: str, *, start: int = 0) -> str:
+    for i in count(start):
+        key = f"job-{i}"
+        if provider.planned_outcome(key) == outcome:
+            return key
+    raise AssertionError("unreachable")
+
+
+# ---------------------------------------------------------------- the seeded draw
+
+
+def test_the_same_seed_draws_the_same_outcome_for_every_key(server):
+    first = stub(server)
+    second = stub(fakeredis.FakeServer())
+    keys = [f"job-{i}" for i in range(500)]
+    assert [first.planned_outcome(k) for k in keys] == [second.planned_outcome(k) for k in keys]
+
+
+def test_another_seed_draws_other_outcomes(server):
+    seeded = stub(server, StubRates(0.6, 0.2, 0.15, 0.05, seed=1))
+    keys = [f"job-{i}" for i in range(500)]
+    same = sum(stub(server).planned_outcome(k) == seeded.planned_outcome(k) for k in keys)
+    assert same < len(keys) * 0.9
+
+
+def test_outcomes_follow_the_configured_rates_over_2000_keys(server):
+    provider = stub(server)
+    drawn = Counter(provider.planned_outcome(f"flow-{i}:step") for i in range(2000))
+    for outcome, rate in (("delivered", 0.6), ("rejected", 0.2), ("transient", 0.15)):
+        assert abs(drawn[outcome] / 2000 - rate) < 0.04, drawn
+    assert abs(drawn["timeout"] / 2000 - 0.05) < 0.02, drawn
+
+
+def test_a_zero_rate_is_never_drawn(server):
+    provider = stub(server, StubRates(delivered=0.5, rejected=0.5, transient=0.0, timeout=0.0))
+    drawn = {provider.planned_outcome(f"k{i}") for i in range(500)}
+    assert drawn == {"delivered", "rejected"}
+
+
+# ---------------------------------------------------------------- outcomes of submit
+
+
+def test_a_delivered_key_returns_a_submission_from_the_vendor_of_its_action(server):
+    provider = stub(server, only("delivered"))
+    sent = provider.submit(note("n-1"), idempotency_key="n-1")
+    card = provider.submit(note("g-1", "gift_card"), idempotency_key="g-1")
+    mail = provider.submit(note("e-1", "email"), idempotency_key="e-1")
+    assert sent.vendor == "print-house" and sent.ref.startswith("PH-")
+    assert card.vendor == "gift-vendor" and card.ref.startswith("GC-")
+    assert mail.vendor == "channel-gateway" and mail.ref.startswith("CH-")
+    assert provider.status("n-1") == VendorStatus.DELIVERED
+    assert provider.sends("n-1") == 1
+
+
+def test_a_transient_key_fails_transient_attempts_times_then_delivers(server):
+    provider = stub(server, only("transient", transient_attempts=3))
+    for attempt in (1, 2, 3):
+        with pytest.raises(TransientVendorError, match=f"attempt {attempt}"):
+            provider.submit(note("t-1"), idempotency_key="t-1")
+        assert provider.sends("t-1") == 0
+        assert provider.status("t-1") == VendorStatus.UNKNOWN
+    sent = provider.submit(note("t-1"), idempotency_key="t-1")
+    assert isinstance(sent, Submission)
+    assert provider.status("t-1") == VendorStatus.DELIVERED
+    assert provider.sends("t-1") == 1
+
+
+def test_a_rejected_key_raises_permanent_error_and_status_says_failed(server):
+    provider = stub(server, only("rejected"))
+    with pytest.raises(PermanentVendorError, match="address undeliverable"):
+        provider.submit(note("r-1"), idempotency_key="r-1")
+    assert provider.status("r-1") == VendorStatus.FAILED
+    assert provider.sends("r-1") == 0
+
+
+def test_a_rejected_key_stays_rejected_when_submitted_again(server):
+    provider = stub(server, only("rejected"))
+    for _ in range(3):
+        with pytest.raises(PermanentVendorError):
+            provider.submit(note("r-1", "gift_card"), idempotency_key="r-1")
+    assert provider.status("r-1") == VendorStatus.FAILED
+    assert provider.sends("r-1") == 0
+
+
+def test_a_timeout_is_pending_until_pending_s_then_settles(server, clock):
+    provider = stub(server, only("timeout", pending_s=30.0))
+    with pytest.raises(VendorOutcomeUnknown, match="did not answer"):
+        provider.submit(note("o-1"), idempotency_key="o-1")
+    assert provider.status("o-1") == VendorStatus.PENDING
+    clock.advance(29.0)
+    assert provider.status("o-1") == VendorStatus.PENDING
+    clock.advance(2.0)
+    assert provider.status("o-1") in (VendorStatus.DELIVERED, VendorStatus.FAILED)
+
+
+def test_timeouts_settle_as_delivered_or_failed_and_only_delivered_ones_were_sent(server, clock):
+    provider = stub(server, only("timeout", pending_s=1.0))
+    keys = [f"o-{i}" for i in range(40)]
+    for key in keys:
+        with pytest.raises(VendorOutcomeUnknown):
+            provider.submit(note(key), idempotency_key=key)
+    clock.advance(2.0)
+    settled = {key: provider.status(key) for key in keys}
+    assert set(settled.values()) == {VendorStatus.DELIVERED, VendorStatus.FAILED}
+    for key, status in settled.items():
+        assert provider.sends(key) == (1 if status == VendorStatus.DELIVERED else 0)
+
+
+def test_resubmitting_a_timed_out_key_replays_what_really_happened(server, clock):
+    provider = stub(server, only("timeout", pending_s=1.0))
+    outcomes = {}
+    for key in (f"o-{i}" for i in range(20)):
+        with pytest.raises(VendorOutcomeUnknown):
+            provider.submit(note(key), idempotency_key=key)
+        try:
+            provider.submit(note(key), idempotency_key=key)
+            outcomes[key] = "delivered"
+        except PermanentVendorError:
+            outcomes[key] = "failed"
+    clock.advance(2.0)
+    assert {provider.status(k).value for k in outcomes} == {"delivered", "failed"}
+    assert all(provider.status(k).value == truth for k, truth in outcomes.items())
+    assert all(provider.sends(k) <= 1 for k in outcomes)
+
+
+# ---------------------------------------------------------------- vendor-side idempotency
+
+
+def test_the_same_key_submitted_again_never_sends_twice(server):
+    provider = stub(server, only("delivered"))
+    refs = {provider.submit(note("d-1"), idempotency_key="d-1").ref for _ in range(5)}
+    assert len(refs) == 1
+    assert provider.sends("d-1") == 1
+
+
+def test_two_workers_sharing_the_vendor_send_a_key_once(server):
+    key = key_planned_for(stub(server), "delivered")
+    first, second = stub(server), stub(server)
+    first.submit(note(key), idempotency_key=key)
+    second.submit(note(key), idempotency_key=key)
+    assert first.sends(key) == second.sends(key) == 1
+
+
+@pytest.mark.parametrize("threads", [2, 8])
+def test_concurrent_submits_of_one_key_send_it_once(server, threads):
+    barrier = threading.Barrier(threads)
+    results: list[object] = []
+
+    def submit() -> None:
+        provider = stub(server, only("delivered"))
+        barrier.wait()
+        try:
+            results.append(provider.submit(note("c-1"), idempotency_key="c-1"))
+        except Exception as exc:  # recorded, then asserted on below
+            results.append(exc)
+
+    workers = [threading.Thread(target=submit) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=10)
+    assert len(results) == threads
+    assert all(isinstance(r, Submission) for r in results), results
+    assert len({r.ref for r in results}) == 1
+    assert stub(server).sends("c-1") == 1
+
+
+class InterleavingRedis:
+    """A Redis client whose threads all read a key's outcome before any of them writes one:
+    the worst interleaving of concurrent submits, made certain instead of left to luck."""
+
+    def __init__(self, redis: fakeredis.FakeRedis, barrier: threading.Barrier) -> None:
+        self._redis = redis
+        self._barrier = barrier
+
+    def hget(self, name: str, key: str):
+        value = self._redis.hget(name, key)
+        if key == "outcome":
+            self._barrier.wait(timeout=10)
+        return value
+
+    def __getattr__(self, name: str):
+        return getattr(self._redis, name)
+
+
+@pytest.mark.parametrize("outcome", ["delivered", "timeout"])
+def test_submits_that_all_saw_no_outcome_yet_still_send_once(server, outcome):
+    threads = 4
+    barrier = threading.Barrier(threads)
+    results: list[object] = []
+
+    def submit() -> None:
+        redis = InterleavingRedis(fakeredis.FakeRedis(server=server), barrier)
+        provider = StubProvider(redis, only(outcome))
+        try:
+            results.append(provider.submit(note("c-1"), idempotency_key="c-1"))
+        except Exception as exc:  # recorded, then asserted on below
+            results.append(exc)
+
+    workers = [threading.Thread(target=submit) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=10)
+    assert len(results) == threads
+    assert not any(isinstance(r, threading.BrokenBarrierError) for r in results), results
+    assert stub(server).sends("c-1") <= 1
+    if outcome == "delivered":
+        assert all(isinstance(r, Submission) for r in results), results
+        assert stub(server).sends("c-1") == 1
+
+
+def test_keys_are_independent(server):
+    provider = stub(server, only("delivered"))
+    provider.submit(note("a"), idempotency_key="a")
+    assert provider.sends("a") == 1
+    assert provider.sends("b") == 0
+    assert provider.status("b") == VendorStatus.UNKNOWN
+
+
+# ---------------------------------------------------------------- outages and lookups
+
+
+def test_during_an_outage_submit_is_transient_and_status_is_unreachable(server):
+    provider = stub(server, only("delivered"))
+    provider.set_outage(True)
+    assert provider.outage
+    with pytest.raises(TransientVendorError, match="outage"):
+        provider.submit(note("x-1"), idempotency_key="x-1")
+    with pytest.raises(TransientVendorError, match="outage"):
+        provider.status("x-1")
+    assert provider.sends("x-1") == 0
+
+
+def test_after_an_outage_the_key_delivers_normally(server):
+    provider = stub(server, only("delivered"))
+    provider.set_outage(True)
+    with pytest.raises(TransientVendorError):
+        provider.submit(note("x-1"), idempotency_key="x-1")
+    provider.set_outage(False)
+    assert not provider.outage
+    provider.submit(note("x-1"), idempotency_key="x-1")
+    assert provider.status("x-1") == VendorStatus.DELIVERED
+    assert provider.sends("x-1") == 1
+
+
+def test_an_outage_is_seen_by_every_provider_on_the_same_redis(server):
+    stub(server).set_outage(True)
+    with pytest.raises(TransientVendorError):
+        stub(server).submit(note("x-1"), idempotency_key="x-1")
+
+
+def test_a_key_the_vendor_never_saw_has_status_unknown(server):
+    assert stub(server).status("never-sent") == VendorStatus.UNKNOWN
+
+
+def test_rates_come_from_settings():
+    from shared.config import load_settings
+
+    settings = load_settings(
+        stub_delivered_rate=0.5,
+        stub_rejected_rate=0.25,
+        stub_transient_rate=0.2,
+        stub_timeout_rate=0.05,
+        stub_transient_attempts=4,
+        stub_latency_ms=0,
+        stub_pending_s=9,
+        stub_seed=3,
+    )
+    assert StubRates.from_settings(settings) == StubRates(0.5, 0.25, 0.2, 0.05, 4, 0, 9, 3)
