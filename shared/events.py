@@ -8,7 +8,6 @@ events as at-least-once across a Redis restart, which wipes both stream and mark
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -98,7 +97,3 @@ class EventStream:
                 ):
                     return fields
         return None
-
-
-def to_json(fields: dict[str, str]) -> str:
-    return json.dumps(fields, sort_keys=True)

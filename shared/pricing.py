@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Self
 
 import pycountry
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from shared.errors import InvalidRequest, UnknownCountry
+from shared.errors import CreditsError, InvalidRequest, UnknownCountry
 
 BUILTIN_CATALOG = Path(__file__).with_name("catalog.json")
 
@@ -92,6 +92,16 @@ class Catalog(BaseModel):
     free_actions: tuple[str, ...] = FREE_ACTIONS
     accept_lead: int = Field(default=1, ge=0, le=10_000)
 
+    @field_validator("postcard_domestic_country", mode="before")
+    @classmethod
+    def _domestic(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        try:
+            return normalize_country(value)
+        except CreditsError as exc:
+            raise ValueError(str(exc)) from None
+
     @model_validator(mode="after")
     def _check(self) -> Self:
         if any(d <= 0 or d > 10_000 for d in self.gift_card_denominations):
@@ -104,9 +114,12 @@ class Catalog(BaseModel):
     def with_accept_lead(self, credits: int | None) -> Catalog:
         if credits is None or credits == self.accept_lead:
             return self
-        return self.model_copy(
-            update={"accept_lead": credits, "version": f"{self.version}+lead{credits}"}
-        )
+        # Re-validated, not model_copy'd: an override obeys the same bounds as the file.
+        data = self.model_dump() | {
+            "accept_lead": credits,
+            "version": f"{self.version}+lead{credits}",
+        }
+        return Catalog.model_validate(data)
 
 
 @dataclass(frozen=True)
@@ -130,8 +143,10 @@ class Quote:
 def load_catalog(path: str | Path | None = None, accept_lead: int | None = None) -> Catalog:
     source = Path(path) if path else BUILTIN_CATALOG
     try:
-        data = json.loads(source.read_text())
-        catalog = Catalog.model_validate(data)
+        text = source.read_text()
+        json.loads(text)  # for a plain "not JSON" message, before pydantic's own
+        # Strict: a price of true or "5" is a mistake in the file, not a 1 or a 5.
+        catalog = Catalog.model_validate_json(text, strict=True).with_accept_lead(accept_lead)
     except OSError as exc:
         raise InvalidRequest(f"cannot read catalog {str(source)!r}: {exc.strerror}") from None
     except UnicodeDecodeError:
@@ -140,7 +155,7 @@ def load_catalog(path: str | Path | None = None, accept_lead: int | None = None)
         raise InvalidRequest(f"catalog {str(source)!r} is not JSON: {exc}") from None
     except ValidationError as exc:
         raise InvalidRequest(f"catalog {str(source)!r} is invalid: {exc}") from None
-    return catalog.with_accept_lead(accept_lead)
+    return catalog
 
 
 @lru_cache(maxsize=8)

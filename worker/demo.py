@@ -193,7 +193,7 @@ class Demo:
             if settled + in_doubt >= self.jobs:
                 return
             time.sleep(0.25)
-        raise TimeoutError("the demo's jobs did not settle in time")
+        raise TimeoutError(f"the demo's jobs did not settle in time: {dict(self._counts())}")
 
     def _in_doubt(self) -> int:
         with self.db.unit_of_work() as session:
@@ -284,7 +284,11 @@ def thread_worker(settings: Settings) -> Iterator[None]:
     from worker.app import create_app
 
     app = create_app(settings)
-    options = {"loglevel": "ERROR", "shutdown_timeout": 30, "hostname": "demo@localhost"}
+    options = {
+        "loglevel": "ERROR",
+        "shutdown_timeout": 30,
+        "hostname": "demo@localhost",
+    }
     with start_worker(app, pool="threads", concurrency=4, perform_ping_check=False, **options):
         yield
 

@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from functools import cache
 from typing import Any
 
@@ -37,8 +38,18 @@ def prepare_multiprocess(settings: Any) -> None:
         values.ValueClass = values.get_value_class()
 
 
-@cache
+_INIT_LOCK = threading.Lock()
+
+
 def _m() -> Any:
+    # Thread-safe: with the threads pool, two tasks may record their first metric at once,
+    # and registering a metric twice raises.
+    with _INIT_LOCK:
+        return _metrics()
+
+
+@cache
+def _metrics() -> Any:
     from prometheus_client import Counter, Histogram
 
     class M:
@@ -98,6 +109,7 @@ class LedgerCollector:
         try:
             figures = ledger_gauges(self.db)
             drift = int(self.redis.get(f"{self.key_prefix}reconcile:drift") or 0)
+            books = self.redis.hgetall(f"{self.key_prefix}reconcile:figures")
         except Exception:  # a scrape must answer even when the database does not
             log.exception("metrics: cannot read ledger gauges")
             return
@@ -115,6 +127,13 @@ class LedgerCollector:
             "credits_reconcile_drift", "Problems found by the last reconcile (0 is good).",
             value=drift,
         )  # fmt: skip
+        ledger = GaugeMetricFamily(
+            "credits_ledger_credits", "Credits by place, as of the last reconcile.",
+            labels=["place"],
+        )  # fmt: skip
+        for place, value in sorted(books.items()):
+            ledger.add_metric([place.decode()], float(value))
+        yield ledger
 
 
 def start_server(settings: Any, db: Any, redis: Any) -> None:

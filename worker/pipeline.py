@@ -169,6 +169,19 @@ class SendPipeline:
             )
         return {"job_id": job_id, "status": "dead_letter", "reason": reason}
 
+    def dead_letter_unexpected(
+        self, payload: Any, exc: Exception, *, message_id: str | None = None
+    ) -> dict:
+        """Keep a message that kept failing for an unforeseen reason; the job row, if it
+        was recorded, stays where it is for the recovery sweeps."""
+        reason = f"unexpected {type(exc).__name__} after retries: {exc}"
+        try:
+            job_id = parse_job(payload).job_id
+        except InvalidRequest:
+            job_id = None
+        exists = job_id is not None and self._job_exists(job_id)
+        return self._dead_letter(reason, payload, message_id, job_id=job_id, event=not exists)
+
     def _job_exists(self, job_id: str) -> bool:
         try:
             jobs.get_view(self.res.db, job_id)

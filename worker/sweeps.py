@@ -120,7 +120,9 @@ def reconcile_and_report(res: Resources, publish: Publish | None = None) -> Swee
     """Check the invariants; log each drift as an error naming the wallet."""
     result = reconcile(res.db)
     report = SweepReport("reconcile", {"drift": len(result.problems), **result.figures})
-    res.redis.set(f"{res.settings.key_prefix}reconcile:drift", len(result.problems))
+    prefix = res.settings.key_prefix
+    res.redis.set(f"{prefix}reconcile:drift", len(result.problems))
+    res.redis.hset(f"{prefix}reconcile:figures", mapping=result.figures)
     for problem in result.problems:
         log.error(
             "ledger drift: %s",

@@ -22,6 +22,7 @@ log = logging.getLogger("credits.tasks")
 MAX_TASK_RETRIES = 200
 LOCK_WAIT_FACTOR = 5
 INFRA_BACKOFF_MAX_S = 60.0
+UNEXPECTED_RETRIES = 5
 # Lost connections only: a DataError or IntegrityError is a bug to surface, not to retry.
 INFRA_ERRORS = (OperationalError, InterfaceError, RedisConnectionError, RedisTimeoutError)
 
@@ -43,10 +44,23 @@ def register(app: Celery) -> None:
         except INFRA_ERRORS as exc:
             # PostgreSQL or Redis went away mid-step: every step is idempotent, so run the
             # whole message again once they are back.
-            ceiling = min(INFRA_BACKOFF_MAX_S, 2.0 ** min(self.request.retries, 6))
-            countdown = random.uniform(ceiling / 2, ceiling)
+            countdown = _backoff(self.request.retries)
             log.warning("infrastructure error, retrying in %.1fs: %s", countdown, exc)
             raise self.retry(countdown=countdown, exc=exc) from None
+        except Exception as exc:
+            # A bug or an unforeseen failure. Celery would ack the message and forget it;
+            # instead try a few more times (steps are idempotent), then keep the message
+            # as a dead letter with its reason. The job row, if any, is left to the sweeps.
+            if self.request.retries < UNEXPECTED_RETRIES:
+                log.exception("unexpected error, retrying: %s", exc)
+                raise self.retry(countdown=_backoff(self.request.retries), exc=exc) from None
+            log.exception("unexpected error, giving up and dead-lettering: %s", exc)
+            return pipeline.dead_letter_unexpected(job, exc, message_id=self.request.id)
+
+
+def _backoff(retries: int) -> float:
+    ceiling = min(INFRA_BACKOFF_MAX_S, 2.0 ** min(retries, 6))
+    return random.uniform(ceiling / 2, ceiling)
 
 
 SWEEPS = {

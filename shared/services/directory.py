@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeVar
 
 from sqlalchemy.orm import Session
 
@@ -12,6 +13,7 @@ from shared.models import Account, Member, Role, Wallet, WalletKind, Workspace
 from shared.services.auth import SUPPORT, Actor, require_support, require_workspace_manager
 
 MAX_NAME_LEN = 200
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -35,25 +37,23 @@ def clean_name(name: str, what: str) -> str:
     return text
 
 
+def _get(session: Session, model: type[T], kind: str, key: int) -> T:
+    row = session.get(model, key)
+    if row is None:
+        raise NotFound(kind, key)
+    return row
+
+
 def get_account(session: Session, account_id: int) -> Account:
-    account = session.get(Account, account_id)
-    if account is None:
-        raise NotFound("account", account_id)
-    return account
+    return _get(session, Account, "account", account_id)
 
 
 def get_workspace(session: Session, workspace_id: int) -> Workspace:
-    workspace = session.get(Workspace, workspace_id)
-    if workspace is None:
-        raise NotFound("workspace", workspace_id)
-    return workspace
+    return _get(session, Workspace, "workspace", workspace_id)
 
 
 def get_member(session: Session, member_id: int) -> Member:
-    member = session.get(Member, member_id)
-    if member is None:
-        raise NotFound("member", member_id)
-    return member
+    return _get(session, Member, "member", member_id)
 
 
 def _new_wallet(session: Session, kind: WalletKind) -> Wallet:

@@ -59,7 +59,6 @@ from shared.services.directory import get_account, get_member, get_workspace
 MAX_AMOUNT = 10**12  # one operation; far beyond any real order, far below BIGINT
 MAX_KEY_LEN = 128
 DEFAULT_HOLD_TTL_S = 900.0
-OWNER_KINDS = ("account", "workspace", "member")
 
 T = TypeVar("T")
 
@@ -583,7 +582,3 @@ def capture(db: Database, job_id: str, *, actor: Actor = SUPPORT) -> HoldResult:
 def release(db: Database, job_id: str, *, actor: Actor = SUPPORT) -> HoldResult:
     with db.unit_of_work() as session:
         return resolve_in(session, job_id, HoldState.RELEASED, actor=actor)
-
-
-def get_hold(session: Session, job_id: str) -> Hold | None:
-    return session.scalar(select(Hold).where(Hold.job_id == job_id))

@@ -26,7 +26,7 @@ from shared.models import (
     Wallet,
     utcnow,
 )
-from shared.services.jobs import JobView, get_job, move_job, view_of
+from shared.services.jobs import JobView, move_job, view_of
 
 
 @dataclass(frozen=True)
@@ -162,11 +162,6 @@ def _expire(session: Session, now: datetime, limit: int) -> list[JobView]:
         ):
             views.append(view_of(session, job, detail="waited too long for credits"))
     return views
-
-
-def job_status(db: Database, job_id: str) -> str:
-    with db.unit_of_work() as session:
-        return get_job(session, job_id).status
 
 
 def unnotified_finals(db: Database, *, older_than_s: float, limit: int) -> list[JobView]:

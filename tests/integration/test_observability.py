@@ -123,7 +123,8 @@ def test_worker_metrics_and_json_logs_describe_the_pipeline(stack, db):
 
     lines = [json.loads(line) for line in worker.log_path.read_text().splitlines()
              if line.startswith("{")]  # fmt: skip
-    states = [entry for entry in lines if entry.get("job_id") == "n-0"]
+    completed = [e["job_id"] for e in lines if e.get("status") == "completed"]
+    states = [entry for entry in lines if entry.get("job_id") == completed[0]]
     assert [e["status"] for e in states if e.get("changed")][:4] == [
         "received", "reserved", "submitted", "completed"
     ]  # fmt: skip

@@ -9,7 +9,7 @@ import pytest
 from kombu import Connection, Exchange, Producer
 from sqlalchemy import func, select
 
-from shared.client import CreditsClient
+from shared.client import QUEUES, CreditsClient
 from shared.db import Database
 from shared.events import EventStream
 from shared.models import DeadLetter, Hold, Job
@@ -152,7 +152,7 @@ def test_the_same_job_sent_twice_and_redelivered_is_charged_once(stack, db):
         for _ in range(2):
             producer.publish(
                 message.body, routing_key="credits.flow", exchange=Exchange("credits.flow"),
-                headers=message.headers, serializer="json", declare=[],
+                headers=message.headers, serializer="json", declare=list(QUEUES),
             )  # fmt: skip
     stack.start_worker("w1")
 
@@ -215,7 +215,9 @@ def test_bad_messages_are_dead_lettered_and_the_worker_keeps_running(stack, db):
     # when garbage of every kind arrives
     with Connection(stack.redis_url) as conn:
         producer = Producer(conn)
-        raw = dict(routing_key="credits.flow", exchange=Exchange("credits.flow"), declare=[])
+        # Declaring the queues binds them, so a raw publish cannot be dropped unrouted.
+        raw = dict(routing_key="credits.flow", exchange=Exchange("credits.flow"),
+                   declare=list(QUEUES))  # fmt: skip
         producer.publish(b"\xff\x00 not json {", content_type="application/json",
                          content_encoding="binary", **raw)  # fmt: skip
         producer.publish(b"\x80\x04K\x01.", content_type="application/x-python-serialize",

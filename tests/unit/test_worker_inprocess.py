@@ -5,21 +5,18 @@ states and events. Outcomes are awaited by polling with a deadline, never by sle
 
 from __future__ import annotations
 
-import os
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import pytest
-from celery.contrib.testing.worker import start_worker
 from celery.signals import task_postrun
 from kombu import Connection, Producer
 from sqlalchemy import select
 
 from shared.client import FLOW_QUEUE, INSTANT_QUEUE, QUEUES, CreditsClient
-from shared.config import Settings, load_settings
+from shared.config import Settings
 from shared.db import Database
 from shared.errors import InvalidRequest
 from shared.models import DeadLetter, Wallet
@@ -40,66 +37,15 @@ EXPECTED = {  # the stub's planned outcome -> where the job must end
 }
 
 T = TypeVar("T")
+pytestmark = pytest.mark.usefixtures("clean_environment")
 
 
 # ---------------------------------------------------------------- fixtures and helpers
 
 
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No CREDITS_* setting of the developer's shell leaks into these tests."""
-    for name in list(os.environ):
-        if name.startswith("CREDITS_"):
-            monkeypatch.delenv(name)
-
-
-@pytest.fixture
-def settings(sqlite_url: str) -> Settings:
-    return load_settings(
-        database_url=sqlite_url,
-        redis_url=f"memory://{uuid.uuid4().hex}",
-        broker_url="memory://",
-        stub_latency_ms=0,
-        stub_delivered_rate=0.6,
-        stub_rejected_rate=0.2,
-        stub_transient_rate=0.15,
-        stub_timeout_rate=0.05,
-        stub_transient_attempts=1,
-        retry_backoff_base_s=0.05,
-        retry_backoff_max_s=0.2,
-    )
-
-
-def purge_broker(settings: Settings) -> None:
-    """The memory transport is process-global: start and end each test with empty queues."""
-    with Connection(settings.broker) as conn:
-        for queue in QUEUES:
-            queue(conn.default_channel).declare()
-            queue(conn.default_channel).purge()
-
-
 def queue_length(settings: Settings, name: str) -> int:
     with Connection(settings.broker) as conn:
         return conn.default_channel.queue_declare(queue=name, passive=True).message_count
-
-
-@pytest.fixture
-def client(settings: Settings) -> Iterator[CreditsClient]:
-    purge_broker(settings)
-    producer = CreditsClient(settings=settings)
-    yield producer
-    producer.close()
-    purge_broker(settings)
-
-
-@pytest.fixture
-def worker(settings: Settings, client: CreditsClient) -> Iterator[None]:
-    app = create_app(settings)
-    with start_worker(
-        app, pool="threads", concurrency=4, perform_ping_check=False, shutdown_timeout=20
-    ):
-        yield
-    resources_for(settings).close()
 
 
 def wait_until(probe: Callable[[], T], what: str) -> T:
