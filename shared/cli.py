@@ -23,7 +23,7 @@ from sqlalchemy.exc import OperationalError
 
 from shared.config import Settings, load_settings
 from shared.db import Database
-from shared.errors import CreditsError, InvalidRequest
+from shared.errors import CreditsError, InvalidRequest, PermissionDenied
 from shared.services.auth import SUPPORT, Actor
 
 OWNER_OPTIONS = ("account", "workspace", "member")
@@ -367,6 +367,8 @@ def reconcile_cmd(ctx: Context) -> Output:
     """Check the ledger invariants; exits 1 when any drift is found."""
     from shared.services.reconcile import reconcile
 
+    if not ctx.actor.is_support:
+        raise PermissionDenied(f"{ctx.actor} may not reconcile: only support may")
     report = reconcile(ctx.db())
     if not report.ok:
         emit(ctx, Output(report.as_dict()))

@@ -10,8 +10,10 @@ from rich.console import Console
 from rich.table import Table
 
 from shared.cli import Context, Output, cli, command_options
-from shared.errors import CreditsError, InvalidRequest
-from shared.pricing import ACTIONS
+from shared.errors import CreditsError, InvalidRequest, PermissionDenied
+from shared.events import typed
+from shared.pricing import ACTIONS, catalog_from_settings, quote
+from shared.schemas import parse_job, price_fields
 
 ADDRESS_PARTS = ("name", "line1", "city", "region", "postal_code", "country")
 
@@ -90,6 +92,10 @@ def send_cmd(ctx: Context, member_id: int, action: str, wait_s: float | None, **
     from shared.client import CreditsClient
 
     job = build_job(member_id, action, opts)
+    if not ctx.actor.is_support and ctx.actor.member_id != member_id:
+        raise PermissionDenied(f"{ctx.actor} may not send on behalf of member {member_id}")
+    # Price it here too, so a denomination the catalog does not offer fails now, not later.
+    quote(action, catalog=catalog_from_settings(ctx.settings), **price_fields(parse_job(job)))
     client = CreditsClient(settings=ctx.settings)
     try:
         after = client.events.last_id() if wait_s is not None else None
@@ -101,7 +107,7 @@ def send_cmd(ctx: Context, member_id: int, action: str, wait_s: float | None, **
         client.close()
     if outcome is None:
         raise WaitTimedOut(f"no outcome for job {job_id!r} within {wait_s:g}s; see credits job")
-    return Output({"job_id": job_id, "queued": True} | outcome)
+    return Output({"job_id": job_id, "queued": True} | typed(outcome))
 
 
 @cli.command("job")
@@ -111,7 +117,7 @@ def job_cmd(ctx: Context, job_id: str) -> Output:
     """Show a job: state, cost, hold, and its history of state changes."""
     from shared.services import jobs
 
-    return Output(jobs.job_report(ctx.db(), job_id).as_dict(), _render_job)
+    return Output(jobs.job_report(ctx.db(), job_id, actor=ctx.actor).as_dict(), _render_job)
 
 
 def _render_job(console: Console, data: dict[str, Any]) -> None:
@@ -146,6 +152,8 @@ def dead_letters_cmd(ctx: Context, limit: int) -> Output:
     """Messages the workers could not act on, newest first, with their reasons."""
     from shared.services import jobs
 
+    if not ctx.actor.is_support:
+        raise PermissionDenied(f"{ctx.actor} may not read dead letters: only support may")
     letters = jobs.dead_letters(ctx.db(), limit=limit)
 
     def render(console: Console, data: dict[str, Any]) -> None:

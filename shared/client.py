@@ -37,9 +37,20 @@ QUEUES = tuple(Queue(name, Exchange(name, type="direct"), routing_key=name) for 
 
 
 class CreditsClient:
-    def __init__(self, broker_url: str | None = None, *, settings: Settings | None = None):
+    def __init__(
+        self,
+        broker_url: str | None = None,
+        *,
+        redis_url: str | None = None,
+        settings: Settings | None = None,
+    ):
         self.settings = settings or get_settings()
         self.broker_url = broker_url or self.settings.broker
+        # Outcomes are read from the Redis the workers write to: the broker's, when only a
+        # Redis broker URL is given, as in CreditsClient("redis://...").
+        if redis_url is None and broker_url and broker_url.startswith(("redis://", "rediss://")):
+            redis_url = broker_url
+        self.redis_url = redis_url or self.settings.redis_url
         self._app = Celery("credits-producer", broker=self.broker_url, set_as_current=False)
         self._app.conf.update(
             task_serializer="json",
@@ -66,7 +77,7 @@ class CreditsClient:
         """The outcome stream: ``read(after)``, ``wait_for(job_id, after, timeout_s)``."""
         if self._events is None:
             self._events = EventStream(
-                make_redis(self.settings.redis_url),
+                make_redis(self.redis_url),
                 self.settings.stream,
                 maxlen=self.settings.events_stream_maxlen,
             )

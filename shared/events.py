@@ -47,6 +47,22 @@ class Event:
         return {k: str(v) for k, v in data.items()}
 
 
+INT_FIELDS = ("member_id", "cost", "available", "held")
+
+
+def typed(fields: dict[str, str]) -> dict[str, object]:
+    """An event as read from the stream (all strings) with numbers and flags typed."""
+    out: dict[str, object] = dict(fields)
+    for key in INT_FIELDS:
+        if key in fields:
+            out[key] = int(fields[key])
+    if "final" in fields:
+        out["final"] = fields["final"] == "1"
+    if "at" in fields:
+        out["at"] = float(fields["at"])
+    return out
+
+
 class EventStream:
     def __init__(
         self, redis: Any, stream: str, *, maxlen: int = 1_000_000, prefix: str = ""

@@ -7,6 +7,7 @@ so a later catalog never reprices a job in flight.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -175,7 +176,7 @@ def parse_denomination(value: object) -> int:
         raise InvalidRequest(f"denomination must be a whole number of US dollars, got {value!r}")
     if isinstance(value, int):
         number = value
-    elif isinstance(value, str) and value.strip().isdecimal():
+    elif isinstance(value, str) and re.fullmatch(r"-?[0-9]+", value.strip()):
         number = int(value.strip())
     else:
         raise InvalidRequest(f"denomination must be a whole number of US dollars, got {value!r}")

@@ -92,8 +92,8 @@ def _connect_signals(app: Celery, settings: Settings) -> None:
     from worker import logs, metrics
     from worker.resources import resources_for
 
-    def on_logging(logger: Any = None, **_: Any) -> None:
-        logs.configure(logger, settings.log_format)
+    def on_logging(logger: Any = None, loglevel: Any = None, **_: Any) -> None:
+        logs.configure(logger, settings.log_format, loglevel)
 
     def on_worker_ready(sender: Any = None, **_: Any) -> None:
         if getattr(sender, "app", None) is app and settings.metrics_port:

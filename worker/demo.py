@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -207,8 +208,9 @@ class Demo:
         ledger.topup(self.db, world.account_id, 200, key="demo-topup-2")
         ledger.allocate(self.db, "member", world.starved, amount=150)  # from the CS pool
         self.console.print(
-            f"\n{parked} jobs parked for Gia (6 credits). Topping her up by 150 and resuming; "
-            "asking the vendor about jobs whose reply timed out..."
+            f"\n{parked} of Gia's jobs are parked: she was given only 6 credits. Support tops "
+            "the account up by 200, her workspace admin gives her 150, and the recovery sweeps "
+            "resume her jobs and ask the vendor about jobs whose reply timed out..."
         )
 
         def publish(payload: dict, source: str) -> None:
@@ -334,3 +336,6 @@ def run_demo(
         return demo.run(worker)
     finally:
         demo.client.close()
+        demo.res.close()
+        if database_url is None:  # the embedded run's SQLite file is ours to remove
+            shutil.rmtree(Path(settings.database_url.removeprefix("sqlite:///")).parent, True)

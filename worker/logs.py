@@ -46,10 +46,11 @@ class KeyValueFormatter(logging.Formatter):
 TEXT_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(name)s: %(message)s"
 
 
-def configure(logger: logging.Logger | None, log_format: str) -> None:
-    """Put our formatter on the handlers Celery set up (and the root's)."""
+def configure(logger: logging.Logger | None, log_format: str, level: int | str | None) -> None:
+    """Put our formatter on the handlers Celery set up (and the root's), at its level."""
     formatter = JsonFormatter() if log_format == "json" else KeyValueFormatter(TEXT_FORMAT)
     for target in {logger, logging.getLogger()} - {None}:
         for handler in target.handlers:
             handler.setFormatter(formatter)
-    logging.getLogger("credits").setLevel(logging.INFO)
+    if level is not None:
+        logging.getLogger("credits").setLevel(level)

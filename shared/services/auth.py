@@ -5,7 +5,8 @@
   between the account pool and any of its workspaces, and to any member of the account;
 - an **admin** acts for their workspace: allocates between the account pool and their
   own workspace, and between their workspace and its members;
-- a **member** reads their own wallet and nothing else.
+- owners and admins read the whole account: pools, tree, every member's wallet and jobs;
+- a **member** reads their own wallet and jobs, and nothing else.
 """
 
 from __future__ import annotations
@@ -93,7 +94,11 @@ def require_account_reader(session: Session, actor: Actor, account_id: int, what
 
 
 def require_member_reader(session: Session, actor: Actor, member: Member, workspace: Workspace):
-    """A member reads their own wallet; managers of the workspace read all of its members."""
-    if actor.member_id == member.id or can_manage_workspace(session, actor, workspace):
+    """A member reads their own wallet; the account's owners and admins read every member
+    of the account (the same people who may read its tree)."""
+    if actor.is_support or actor.member_id == member.id:
+        return
+    scope = _scope(session, actor)
+    if scope.account_id == workspace.account_id and scope.role in (Role.OWNER, Role.ADMIN):
         return
     raise PermissionDenied(f"{actor} may not read member {member.id}'s wallet")

@@ -45,7 +45,9 @@ from shared.models import (
 from shared.pricing import Catalog, quote
 from shared.schemas import Job as JobSpec
 from shared.schemas import content_hash, job_dict, price_fields
-from shared.services.ledger import hold_in, resolve_in, run_idempotent
+from shared.services.auth import SUPPORT, Actor, require_member_reader
+from shared.services.directory import get_workspace
+from shared.services.ledger import HoldResult, hold_in, resolve_in, run_idempotent
 
 MAX_ERROR_LEN = 1000
 MAX_DEAD_LETTER_BODY = 64 * 1024
@@ -89,12 +91,24 @@ class JobView:
         }
 
 
-def view_of(session: Session, job: Job, *, changed: bool = True, detail: str | None = None):
-    wallet = session.execute(
-        select(Wallet.available, Wallet.held)
-        .join(Member, Member.wallet_id == Wallet.id)
-        .where(Member.id == job.member_id)
-    ).one()
+def view_of(
+    session: Session,
+    job: Job,
+    *,
+    changed: bool = True,
+    detail: str | None = None,
+    balances: HoldResult | None = None,
+) -> JobView:
+    """The job with its member's balance: from ``balances`` when a ledger step just
+    returned them, else read (one query)."""
+    wallet = (
+        balances
+        or session.execute(
+            select(Wallet.available, Wallet.held)
+            .join(Member, Member.wallet_id == Wallet.id)
+            .where(Member.id == job.member_id)
+        ).one()
+    )
     return JobView(
         job.job_id,
         job.member_id,
@@ -219,14 +233,15 @@ def reserve(db: Database, job_id: str, *, hold_ttl_s: float, max_wait_s: float) 
         job = get_job(session, job_id)
         if job.status not in (JobStatus.RECEIVED, JobStatus.AWAITING_CREDITS):
             return view_of(session, job, changed=False)
+        held = None
         if job.cost > 0:
             try:
                 # No savepoint needed: a refused hold has written nothing (ledger.post).
-                hold_in(session, job.job_id, job.member_id, job.cost, ttl_s=hold_ttl_s)
+                held = hold_in(session, job.job_id, job.member_id, job.cost, ttl_s=hold_ttl_s)
             except InsufficientCredits as exc:
                 return _park(session, job, str(exc), max_wait_s)
         move_job(session, job, JobStatus.RESERVED, (JobStatus.RECEIVED, JobStatus.AWAITING_CREDITS))
-        return view_of(session, job)
+        return view_of(session, job, balances=held)
 
     return run_idempotent(db, "uq_holds_job_id", work)
 
@@ -303,8 +318,7 @@ def _finish(
             return view_of(session, job, changed=False)
         if job.status not in (JobStatus.SUBMITTED, JobStatus.RESERVED):
             raise InvariantViolation(f"job {job_id!r} is {job.status}; it cannot become {to}")
-        if job.cost > 0:
-            resolve_in(session, job_id, hold_outcome)
+        resolved = resolve_in(session, job_id, hold_outcome) if job.cost > 0 else None
         values: dict[str, Any] = {"vendor_ref": vendor_ref} if vendor_ref else {}
         if reason:
             values["last_error"] = reason[:MAX_ERROR_LEN]
@@ -313,7 +327,7 @@ def _finish(
         )
         if not moved:
             raise InvariantViolation(f"job {job_id!r} changed state under a held row lock")
-        return view_of(session, job)
+        return view_of(session, job, balances=resolved)
 
 
 # ---------------------------------------------------------------- dead letters and lookups
@@ -405,9 +419,11 @@ class JobReport:
         }
 
 
-def job_report(db: Database, job_id: str) -> JobReport:
+def job_report(db: Database, job_id: str, *, actor: Actor = SUPPORT) -> JobReport:
     with db.unit_of_work() as session:
         job = get_job(session, job_id)
+        member = session.get(Member, job.member_id)
+        require_member_reader(session, actor, member, get_workspace(session, member.workspace_id))
         hold = session.scalar(select(Hold).where(Hold.job_id == job_id))
         transitions = session.scalars(
             select(JobTransition).where(JobTransition.job_pk == job.id).order_by(JobTransition.id)

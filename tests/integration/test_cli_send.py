@@ -36,7 +36,7 @@ def test_send_with_wait_prints_the_outcome_and_job_shows_its_history(cli_env, db
     )  # fmt: skip
     assert code == 0, err
     assert out["job_id"] == "cli-1" and out["status"] == "completed"
-    assert out["cost"] == "1" and out["available"] == "9"
+    assert out["cost"] == 1 and out["available"] == 9
 
     code, job, err = run(capsys, "job", "cli-1", "--json")
     assert code == 0, err
@@ -54,7 +54,7 @@ def test_send_parks_the_job_when_credits_run_short(cli_env, db, capsys):
         "--from", "Sam; 9 Elm St; Austin; TX; 73301; US", "--wait", "30", "--json",
     )  # fmt: skip
     assert code == 0, err
-    assert out["status"] == "awaiting_credits" and out["final"] == "0"
+    assert out["status"] == "awaiting_credits" and out["final"] is False
 
 
 def test_send_rejects_an_invalid_job_before_publishing(cli_env, db, capsys):

@@ -267,7 +267,7 @@ BAD_INPUT = [
     (["quote", "postcard", "--country", "Narnia"], 2, "unknown country 'Narnia'"),
     (["quote", "gift_card"], 2, "denomination is required to price a gift card"),
     (["quote", "gift_card", "--denomination", "0"], 2, "denomination must be positive, got 0"),
-    (["quote", "gift_card", "--denomination", "-5"], 2, "got '-5'"),
+    (["quote", "gift_card", "--denomination", "-5"], 2, "denomination must be positive, got -5"),
     (["quote", "gift_card", "--denomination", "10.5"], 2, "got '10.5'"),
     (["quote", "gift_card", "--denomination", "²"], 2, "got '²'"),
     (["quote", "gift_card", "--denomination", "7"], 2, "denomination 7 is not offered"),

@@ -176,3 +176,23 @@ def test_wait_for_sees_an_event_another_client_publishes_concurrently(server, st
     thread.join(WAIT_S)
     assert found is not None
     assert found["status"] == "expired"
+
+
+def test_typed_turns_stream_strings_into_numbers_and_a_flag():
+    from shared.events import typed
+
+    event = typed({"job_id": "j", "status": "completed", "cost": "5", "member_id": "3",
+                   "available": "7", "held": "0", "final": "1", "at": "12.5"})  # fmt: skip
+    assert event == {"job_id": "j", "status": "completed", "cost": 5, "member_id": 3,
+                     "available": 7, "held": 0, "final": True, "at": 12.5}  # fmt: skip
+
+
+def test_a_client_given_only_a_redis_broker_reads_outcomes_from_that_redis():
+    from shared.client import CreditsClient
+    from shared.config import load_settings
+
+    settings = load_settings(redis_url="redis://elsewhere:6379/0")
+    client = CreditsClient("redis://broker-host:6379/3", settings=settings)
+    assert client.redis_url == "redis://broker-host:6379/3"
+    explicit = CreditsClient("redis://b:6379/3", redis_url="redis://r:6379/1", settings=settings)
+    assert explicit.redis_url == "redis://r:6379/1"

@@ -191,7 +191,7 @@ def test_a_denomination_is_a_whole_number_of_dollars(given, dollars):
         (0, "must be positive, got 0"),
         ("0", "must be positive, got 0"),
         (-5, "must be positive, got -5"),
-        ("-5", "got '-5'"),
+        ("-5", "must be positive, got -5"),
         (10.5, "got 10.5"),
         ("10.5", "got '10.5'"),
         (25.0, "got 25.0"),
