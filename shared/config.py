@@ -140,7 +140,9 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _consistent(self) -> Self:
         if self.lock_blocking_timeout_s > self.lock_timeout_s * 10:
-            raise ValueError("lock_blocking_timeout_s is more than ten lock lifetimes")
+            raise ValueError(
+                "CREDITS_LOCK_BLOCKING_TIMEOUT_S is more than ten CREDITS_LOCK_TIMEOUT_S"
+            )
         rates = (
             self.stub_delivered_rate
             + self.stub_rejected_rate
@@ -156,15 +158,16 @@ class Settings(BaseSettings):
         longest = self.retry_backoff_max_s + self.task_time_limit_s + self.job_lock_timeout_s
         if self.visibility_timeout_s <= longest:
             raise ValueError(
-                f"visibility_timeout_s ({self.visibility_timeout_s:g}) must exceed the longest "
-                f"retry countdown plus task time limit plus job lock ({longest:g})"
+                f"CREDITS_VISIBILITY_TIMEOUT_S ({self.visibility_timeout_s:g}) must exceed "
+                "CREDITS_RETRY_BACKOFF_MAX_S + CREDITS_TASK_TIME_LIMIT_S + "
+                f"CREDITS_JOB_LOCK_TIMEOUT_S ({longest:g})"
             )
         if self.job_lock_timeout_s <= self.vendor_timeout_s:
-            raise ValueError("job_lock_timeout_s must exceed vendor_timeout_s")
+            raise ValueError("CREDITS_JOB_LOCK_TIMEOUT_S must exceed CREDITS_VENDOR_TIMEOUT_S")
         if self.in_doubt_after_s <= self.job_lock_timeout_s:
             # Otherwise the resolver could settle a job whose worker is still talking to
             # the vendor under its job lock.
-            raise ValueError("in_doubt_after_s must exceed job_lock_timeout_s")
+            raise ValueError("CREDITS_IN_DOUBT_AFTER_S must exceed CREDITS_JOB_LOCK_TIMEOUT_S")
         if self.fault_crash_at and self.fault_armed != FAULT_ARMING_PHRASE:
             raise ValueError(
                 "CREDITS_FAULT_CRASH_AT is set but fault injection is not armed: it also needs "
@@ -190,11 +193,16 @@ def load_settings(**overrides: object) -> Settings:
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"CREDITS_{'_'.join(str(p) for p in err['loc']).upper() or 'SETTINGS'}: {err['msg']}"
-            for err in exc.errors()
-        )
+        problems = "; ".join(_describe(err) for err in exc.errors())
         raise InvalidRequest(f"bad configuration: {problems}") from None
+
+
+def _describe(err: dict) -> str:
+    """Name the variable; a check across several settings names them in its message."""
+    message = err["msg"].removeprefix("Value error, ")
+    if not err["loc"]:
+        return message
+    return f"CREDITS_{'_'.join(str(p) for p in err['loc']).upper()}: {message}"
 
 
 @lru_cache(maxsize=1)

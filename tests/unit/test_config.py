@@ -73,7 +73,7 @@ def test_a_bad_configuration_is_a_bad_request_for_the_cli():
 def test_a_lock_wait_longer_than_ten_lock_lifetimes_is_refused(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("CREDITS_LOCK_TIMEOUT_S", "0.1")
     monkeypatch.setenv("CREDITS_LOCK_BLOCKING_TIMEOUT_S", "5")
-    with pytest.raises(InvalidRequest, match="lock_blocking_timeout_s is more than ten"):
+    with pytest.raises(InvalidRequest, match="CREDITS_LOCK_BLOCKING_TIMEOUT_S is more than ten"):
         load_settings()
 
 
