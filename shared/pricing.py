@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Self
@@ -132,13 +132,7 @@ class Quote:
     denomination: int | None = None
 
     def as_dict(self) -> dict[str, object]:
-        return {
-            "action": self.action,
-            "credits": self.credits,
-            "catalog_version": self.catalog_version,
-            "country": self.country,
-            "denomination": self.denomination,
-        }
+        return asdict(self)
 
 
 def load_catalog(path: str | Path | None = None, accept_lead: int | None = None) -> Catalog:

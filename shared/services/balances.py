@@ -5,7 +5,7 @@ Reads obey the same role rules as writes: members read only their own wallet.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -38,15 +38,7 @@ class Balance:
         return self.available + self.held
 
     def as_dict(self) -> dict[str, object]:
-        return {
-            "kind": self.kind,
-            "id": self.id,
-            "name": self.name,
-            "wallet_id": self.wallet_id,
-            "available": self.available,
-            "held": self.held,
-            "total": self.total,
-        }
+        return asdict(self) | {"total": self.total}
 
 
 def _owner(session: Session, kind: str, owner_id: int):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TypeVar
 
 from sqlalchemy.orm import Session
@@ -23,7 +23,7 @@ class Created:
     wallet_id: int
 
     def as_dict(self) -> dict[str, object]:
-        return {"id": self.id, "name": self.name, "wallet_id": self.wallet_id}
+        return asdict(self)
 
 
 def clean_name(name: str, what: str) -> str:

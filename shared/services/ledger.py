@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import TypeVar
 
@@ -78,15 +78,8 @@ class Transfer:
     available_after: dict[int, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, object]:
-        return {
-            "transaction_id": self.transaction_id,
-            "kind": self.kind,
-            "amount": self.amount,
-            "from_wallet_id": self.from_wallet_id,
-            "to_wallet_id": self.to_wallet_id,
-            "replayed": self.replayed,
-            "available_after": {str(k): v for k, v in self.available_after.items()},
-        }
+        after = {str(k): v for k, v in self.available_after.items()}  # JSON keys are text
+        return asdict(self) | {"available_after": after}
 
 
 @dataclass(frozen=True)
@@ -100,15 +93,7 @@ class HoldResult:
     held: int
 
     def as_dict(self) -> dict[str, object]:
-        return {
-            "job_id": self.job_id,
-            "wallet_id": self.wallet_id,
-            "amount": self.amount,
-            "state": self.state,
-            "replayed": self.replayed,
-            "available": self.available,
-            "held": self.held,
-        }
+        return asdict(self)
 
 
 @dataclass(frozen=True)

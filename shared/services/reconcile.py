@@ -10,7 +10,7 @@ Each check is one aggregate query, so the report is cheap enough to run on a sch
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
@@ -30,13 +30,7 @@ class Drift:
     actual: int | None = None
 
     def as_dict(self) -> dict[str, object]:
-        return {
-            "invariant": self.invariant,
-            "message": self.message,
-            "wallet_id": self.wallet_id,
-            "expected": self.expected,
-            "actual": self.actual,
-        }
+        return asdict(self)
 
 
 @dataclass
