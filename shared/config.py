@@ -69,8 +69,9 @@ class Settings(BaseSettings):
 
     # Recovery sweeps (celery beat; one scheduler at a time through a Redis lock).
     sweep_batch: int = Field(default=200, ge=1, le=10_000)
-    in_doubt_after_s: PositiveSeconds = 180.0  # a submitted job untouched this long is resolved
+    in_doubt_after_s: PositiveSeconds = 600.0  # a submitted job untouched this long is resolved
     stale_after_s: PositiveSeconds = 600.0  # a received/reserved job untouched this long is re-sent
+    max_resends: int = Field(default=10, ge=1, le=1000)  # then a stuck job is given up
     resume_lease_s: PositiveSeconds = (
         60.0  # a re-sent parked job is not re-sent again for this long
     )
@@ -164,10 +165,13 @@ class Settings(BaseSettings):
             )
         if self.job_lock_timeout_s <= self.vendor_timeout_s:
             raise ValueError("CREDITS_JOB_LOCK_TIMEOUT_S must exceed CREDITS_VENDOR_TIMEOUT_S")
-        if self.in_doubt_after_s <= self.job_lock_timeout_s:
-            # Otherwise the resolver could settle a job whose worker is still talking to
-            # the vendor under its job lock.
-            raise ValueError("CREDITS_IN_DOUBT_AFTER_S must exceed CREDITS_JOB_LOCK_TIMEOUT_S")
+        if self.in_doubt_after_s <= self.job_lock_timeout_s + self.retry_backoff_max_s:
+            # Otherwise the resolver could settle a job whose worker is still talking to the
+            # vendor, or is waiting out a retry countdown with the hold kept on purpose.
+            raise ValueError(
+                "CREDITS_IN_DOUBT_AFTER_S must exceed CREDITS_JOB_LOCK_TIMEOUT_S + "
+                "CREDITS_RETRY_BACKOFF_MAX_S"
+            )
         if self.fault_crash_at and self.fault_armed != FAULT_ARMING_PHRASE:
             raise ValueError(
                 "CREDITS_FAULT_CRASH_AT is set but fault injection is not armed: it also needs "

@@ -16,11 +16,15 @@ from typing import Any
 FINAL_STATUSES = ("completed", "refunded", "rejected", "expired")
 MARKER_TTL_S = 7 * 86_400
 
+# The marker is set after the XADD: if the XADD fails, nothing is marked, and a later
+# publish (the notify sweep) can still deliver the event.
 _PUBLISH_ONCE = """
-if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
-    return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 3))
+if redis.call('EXISTS', KEYS[1]) == 1 then
+    return false
 end
-return false
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 3))
+redis.call('SET', KEYS[1], '1', 'EX', ARGV[1])
+return id
 """
 
 

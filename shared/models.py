@@ -254,6 +254,8 @@ class Job(Base):
     catalog_version: Mapped[str] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(32))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Times the re-publish sweep re-sent this job; past a limit the job is given up on.
+    republished: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     vendor_ref: Mapped[str | None] = mapped_column(String(128))
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(Timestamp(), default=utcnow)

@@ -128,16 +128,24 @@ class StubProvider:
         if plan == "transient" and attempt <= self.rates.transient_attempts:
             raise TransientVendorError(f"{vendor} busy (HTTP 503), attempt {attempt}")
         ref = f"{ref_prefix}-{hashlib.sha1(idempotency_key.encode()).hexdigest()[:12]}"  # noqa: S324
+        # Whoever settles the key first wins (a concurrent send, or the resolver's void);
+        # a loser reports what really happened, never its own plan.
         if plan == "rejected":
-            self._settle(record, "failed", ref, vendor)
+            if not self._settle(record, "failed", ref, vendor):
+                return self._replay(vendor, record, self._outcome(record))
             raise PermanentVendorError(f"{vendor} refused: {REJECTIONS[vendor]}")
         if plan == "timeout":
             # The vendor did act; only the reply was lost. Half of these went out.
             truth = "delivered" if self._unit(idempotency_key, "timeout") < 0.5 else "failed"
-            self._settle(record, truth, ref, vendor, pending=True)
+            if not self._settle(record, truth, ref, vendor, pending=True):
+                return self._replay(vendor, record, self._outcome(record))
             raise VendorOutcomeUnknown(f"{vendor} did not answer in time")
-        self._settle(record, "delivered", ref, vendor)
+        if not self._settle(record, "delivered", ref, vendor):
+            return self._replay(vendor, record, self._outcome(record))
         return Submission(vendor, ref)
+
+    def _outcome(self, record: str) -> str:
+        return self.redis.hget(record, "outcome").decode()
 
     def status(self, idempotency_key: str) -> VendorStatus:
         if self.outage:
@@ -181,15 +189,17 @@ class StubProvider:
     def _record_key(self, idempotency_key: str) -> str:
         return f"{self.prefix}send:{idempotency_key}"
 
-    def _settle(self, record: str, outcome: str, ref: str, vendor: str, *, pending=False) -> None:
+    def _settle(self, record: str, outcome: str, ref: str, vendor: str, *, pending=False) -> bool:
+        """Record the outcome unless another call (a send, a void) got there first."""
         if not self.redis.hsetnx(record, "outcome", outcome):
-            return  # a concurrent call with this key settled it first
+            return False
         mapping = {"ref": ref, "vendor": vendor}
         if pending:
             mapping["pending_until"] = f"{time.time() + self.rates.pending_s:.3f}"
         self.redis.hset(record, mapping=mapping)
         if outcome == "delivered":
             self.redis.hincrby(record, "sends", 1)
+        return True
 
     def _replay(self, vendor: str, record: str, outcome: str) -> Submission:
         if outcome == "failed":

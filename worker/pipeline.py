@@ -100,6 +100,9 @@ class SendPipeline:
         db = self.res.db
         view = jobs.mark_submitted(db, spec.job_id)
         self._log(view, "submit")
+        if view.status != JobStatus.SUBMITTED:
+            # Someone settled it meanwhile (a sweep, another delivery): never send then.
+            return self._emit(view)
         started = time.monotonic()
         try:
             # Outside any transaction: the vendor may take seconds, and a row lock must not.

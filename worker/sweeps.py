@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.errors import TransientVendorError
+from shared.errors import CreditsError, TransientVendorError
 from shared.events import Event
 from shared.services import jobs, recovery
 from shared.services.reconcile import reconcile
@@ -57,7 +57,12 @@ def resolve_in_doubt(res: Resources, publish: Publish | None = None) -> SweepRep
             if not locked:
                 report.add("busy")  # a worker has it right now
                 continue
-            report.add(_resolve_one(res, job))
+            try:
+                report.add(_resolve_one(res, job))
+            except CreditsError as exc:
+                # One bad row must not stop the batch; it stays claimed until its lease ends.
+                log.error("job %s: cannot resolve: %s", job.job_id, exc)
+                report.add("error")
     return report
 
 
@@ -98,9 +103,16 @@ def resume_awaiting(res: Resources, publish: Publish) -> SweepReport:
 def republish_stale(res: Resources, publish: Publish) -> SweepReport:
     """Re-send received or reserved jobs whose message was lost, with the same job_id."""
     s, report = res.settings, SweepReport("republish_stale")
-    for job in recovery.claim_stale(res.db, older_than_s=s.stale_after_s, limit=s.sweep_batch):
+    batch = recovery.claim_stale(
+        res.db, older_than_s=s.stale_after_s, max_resends=s.max_resends, limit=s.sweep_batch
+    )
+    for job in batch.resend:
         publish(job.payload, job.source)
         report.add(f"republished_{job.status}")
+    for view in batch.given_up:
+        log.error("job %s: given up: %s", view.job_id, view.detail)
+        _emit(res, view)
+        report.add("given_up")
     return report
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from shared.db import Database
 from shared.errors import (
@@ -128,10 +129,11 @@ def view_of(
     )
 
 
-def get_job(session: Session, job_id: str) -> Job:
-    job = session.scalar(
-        select(Job).where(Job.job_id == job_id).execution_options(populate_existing=True)
-    )
+def get_job(session: Session, job_id: str, *, lock: bool = False) -> Job:
+    """The job row; with ``lock``, held FOR UPDATE until commit, so a sweep (which claims
+    with SKIP LOCKED) or a second delivery cannot change it between our read and write."""
+    query = select(Job).where(Job.job_id == job_id).execution_options(populate_existing=True)
+    job = session.scalar(query.with_for_update() if lock else query)
     if job is None:
         raise NotFound("job", job_id)
     return job
@@ -148,21 +150,33 @@ def move_job(
 ) -> bool:
     """Change a job's status only if it is still in ``allowed_from``; record the transition.
 
-    The ORM synchronises the in-session ``job`` with the UPDATE, so no re-read is needed.
+    The in-session ``job`` is updated only when the row really changed: the ORM's own
+    synchronisation would set it even when the WHERE matched nothing.
     """
     now, before = utcnow(), job.status
+    new_values = {"status": to.value, "updated_at": now, **values}
     changed = session.execute(
         update(Job)
         .where(Job.id == job.id, Job.status.in_([s.value for s in allowed_from]))
-        .values(status=to.value, updated_at=now, **values)
+        .values(**new_values)
         .returning(Job.id)
+        .execution_options(synchronize_session=False)
     ).one_or_none()
     if changed is None:
         return False
+    for key, value in new_values.items():
+        set_committed_value(job, key, value)
     session.add(
         JobTransition(job_pk=job.id, from_status=before, to_status=to.value, detail=detail, at=now)
     )
     return True
+
+
+def _must_move(session: Session, job: Job, to: JobStatus, allowed: tuple, **kwargs: Any) -> None:
+    """``move_job`` on a row we hold FOR UPDATE: refusing to move means a broken rule, and
+    raising rolls back everything this transaction did (a hold, a capture)."""
+    if not move_job(session, job, to, allowed, **kwargs):
+        raise InvariantViolation(f"job {job.job_id!r} left {allowed} under our row lock")
 
 
 # ---------------------------------------------------------------- 1. record
@@ -230,7 +244,7 @@ def reserve(db: Database, job_id: str, *, hold_ttl_s: float, max_wait_s: float) 
     """
 
     def work(session: Session) -> JobView:
-        job = get_job(session, job_id)
+        job = get_job(session, job_id, lock=True)
         if job.status not in (JobStatus.RECEIVED, JobStatus.AWAITING_CREDITS):
             return view_of(session, job, changed=False)
         held = None
@@ -240,7 +254,9 @@ def reserve(db: Database, job_id: str, *, hold_ttl_s: float, max_wait_s: float) 
                 held = hold_in(session, job.job_id, job.member_id, job.cost, ttl_s=hold_ttl_s)
             except InsufficientCredits as exc:
                 return _park(session, job, str(exc), max_wait_s)
-        move_job(session, job, JobStatus.RESERVED, (JobStatus.RECEIVED, JobStatus.AWAITING_CREDITS))
+        _must_move(
+            session, job, JobStatus.RESERVED, (JobStatus.RECEIVED, JobStatus.AWAITING_CREDITS)
+        )
         return view_of(session, job, balances=held)
 
     return run_idempotent(db, "uq_holds_job_id", work)
@@ -250,7 +266,7 @@ def _park(session: Session, job: Job, reason: str, max_wait_s: float) -> JobView
     if job.status == JobStatus.AWAITING_CREDITS:
         return view_of(session, job, changed=False, detail=reason)
     expires = utcnow() + timedelta(seconds=max_wait_s)
-    move_job(
+    _must_move(
         session,
         job,
         JobStatus.AWAITING_CREDITS,
@@ -268,7 +284,7 @@ def mark_submitted(db: Database, job_id: str) -> JobView:
     """Record the intent to call the vendor, before calling it: a crash after this point
     leaves a ``submitted`` job that the resolver settles through the vendor's status."""
     with db.unit_of_work() as session:
-        job = get_job(session, job_id)
+        job = get_job(session, job_id, lock=True)
         if job.status not in (JobStatus.RESERVED, JobStatus.SUBMITTED):
             return view_of(session, job, changed=False)
         attempts = job.attempts + 1
@@ -277,7 +293,7 @@ def mark_submitted(db: Database, job_id: str) -> JobView:
             job.updated_at = utcnow()
             session.flush()
             return view_of(session, job)
-        move_job(session, job, JobStatus.SUBMITTED, (JobStatus.RESERVED,), attempts=attempts)
+        _must_move(session, job, JobStatus.SUBMITTED, (JobStatus.RESERVED,), attempts=attempts)
         return view_of(session, job)
 
 
@@ -313,7 +329,7 @@ def _finish(
     reason: str | None = None,
 ) -> JobView:
     with db.unit_of_work() as session:
-        job = get_job(session, job_id)
+        job = get_job(session, job_id, lock=True)
         if job.status == to:
             return view_of(session, job, changed=False)
         if job.status not in (JobStatus.SUBMITTED, JobStatus.RESERVED):
@@ -322,11 +338,8 @@ def _finish(
         values: dict[str, Any] = {"vendor_ref": vendor_ref} if vendor_ref else {}
         if reason:
             values["last_error"] = reason[:MAX_ERROR_LEN]
-        moved = move_job(
-            session, job, to, (JobStatus.SUBMITTED, JobStatus.RESERVED), detail=reason, **values
-        )
-        if not moved:
-            raise InvariantViolation(f"job {job_id!r} changed state under a held row lock")
+        allowed = (JobStatus.SUBMITTED, JobStatus.RESERVED)
+        _must_move(session, job, to, allowed, detail=reason, **values)
         return view_of(session, job, balances=resolved)
 
 

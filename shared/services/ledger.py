@@ -314,11 +314,13 @@ def _transfer(
     scoped_key = f"{kind.value}:{key}" if key else None
 
     def work(session: Session) -> Transfer:
+        # plan() checks permissions first: a replay tells nothing to someone who may not
+        # have made the request.
+        source, target, amount = plan(session)
         if scoped_key:
             replay = _replayed_transfer(session, scoped_key, digest)
             if replay is not None:
                 return replay
-        source, target, amount = plan(session)
         txn_kind = kind
         if amount < 0:
             source, target, amount = target, source, -amount
@@ -344,7 +346,18 @@ def _transfer(
         available = {wallet_id: b["available"] for wallet_id, b in after.items()}
         return Transfer(txn.id, txn.kind, amount, source, target, False, available)
 
-    return run_idempotent(db, "uq_ledger_transactions_idempotency_key", work)
+    try:
+        return run_idempotent(db, "uq_ledger_transactions_idempotency_key", work)
+    except InsufficientCredits:
+        # Two requests with one key at once: the loser waited on the wallet row, then found
+        # the winner had spent the credits. If the key has committed since, replay it.
+        if scoped_key is None:
+            raise
+        with db.unit_of_work() as session:
+            replay = _replayed_transfer(session, scoped_key, digest)
+        if replay is None:
+            raise
+        return replay
 
 
 # ---------------------------------------------------------------- top-up and allocation
@@ -452,11 +465,10 @@ def hold_in(
     """
     job_id = check_key(job_id, "job_id")
     amount = check_amount(amount)
+    # Members spend through jobs: only the pipeline (acting as support) holds, captures
+    # and releases, so nobody can free credits a vendor is still working on.
+    require_support(session, actor, "hold credits")
     member = get_member(session, member_id)
-    if not actor.is_support and actor.member_id != member_id:
-        require_workspace_manager(
-            session, actor, get_workspace(session, member.workspace_id), "hold credits"
-        )
     existing = session.scalar(select(Hold).where(Hold.job_id == job_id))
     if existing is not None:
         if existing.wallet_id != member.wallet_id or existing.amount != amount:
@@ -517,6 +529,7 @@ def resolve_in(session: Session, job_id: str, outcome: HoldState, *, actor: Acto
     """
     if outcome not in (HoldState.CAPTURED, HoldState.RELEASED):
         raise InvalidRequest(f"a hold resolves to captured or released, not {outcome}")
+    require_support(session, actor, f"mark holds {outcome}")
     row = session.execute(
         update(Hold)
         .where(Hold.job_id == job_id, Hold.state == HoldState.HELD.value)

@@ -16,7 +16,16 @@ from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from shared.db import Database
-from shared.models import SYSTEM_WALLETS, Hold, HoldState, LedgerEntry, Wallet, WalletKind
+from shared.models import (
+    FINAL_JOB_STATUSES,
+    SYSTEM_WALLETS,
+    Hold,
+    HoldState,
+    Job,
+    LedgerEntry,
+    Wallet,
+    WalletKind,
+)
 
 MAX_PROBLEMS = 1_000  # a broken ledger can fail every row; the report stays readable
 
@@ -61,6 +70,7 @@ def reconcile_in(session: Session) -> ReconcileReport:
     report.problems.extend(_balances_vs_entries(session))
     report.problems.extend(_held_vs_open_holds(session))
     report.problems.extend(_unbalanced(session))
+    report.problems.extend(_holds_of_finished_jobs(session))
     del report.problems[MAX_PROBLEMS:]
     report.figures = _figures(session)
     return report
@@ -182,6 +192,28 @@ def _unbalanced(session: Session) -> list[Drift]:
         for r in rows
     )
     return problems
+
+
+def _holds_of_finished_jobs(session: Session) -> list[Drift]:
+    """Beyond the four invariants: a hold still open on a job that is already final would
+    never be resolved by anyone (the resolver looks at submitted jobs)."""
+    rows = session.execute(
+        select(Hold.job_id, Hold.wallet_id, Hold.amount, Job.status)
+        .join(Job, Job.job_id == Hold.job_id)
+        .where(Hold.state == HoldState.HELD.value)
+        .where(Job.status.in_([s.value for s in FINAL_JOB_STATUSES]))
+        .limit(MAX_PROBLEMS)
+    )
+    return [
+        Drift(
+            "no_open_hold_on_final_job",
+            f"job {r.job_id} is {r.status} but still holds {r.amount} credits",
+            r.wallet_id,
+            0,
+            r.amount,
+        )
+        for r in rows
+    ]
 
 
 def _figures(session: Session) -> dict[str, int]:

@@ -27,6 +27,7 @@ from shared.models import (
     utcnow,
 )
 from shared.services.jobs import JobView, move_job, view_of
+from shared.services.ledger import resolve_in
 
 
 @dataclass(frozen=True)
@@ -74,8 +75,19 @@ def claim_in_doubt(
         return _claim(session, query, now)
 
 
-def claim_stale(db: Database, *, older_than_s: float, limit: int) -> list[Claimed]:
-    """Received or reserved jobs whose message seems gone: re-send them with the same job_id."""
+@dataclass(frozen=True)
+class StaleBatch:
+    resend: list[Claimed]
+    given_up: list[JobView]
+
+
+def claim_stale(db: Database, *, older_than_s: float, max_resends: int, limit: int) -> StaleBatch:
+    """Received or reserved jobs whose message seems gone: re-send them with the same job_id.
+
+    A job re-sent ``max_resends`` times without moving on is a poison job (its message
+    keeps failing): it is given up instead, its hold released, so it ends in a final state
+    the flow engine hears about rather than looping for ever.
+    """
     now = utcnow()
     query = (
         select(Job)
@@ -83,9 +95,33 @@ def claim_stale(db: Database, *, older_than_s: float, limit: int) -> list[Claime
         .where(Job.updated_at < now - timedelta(seconds=older_than_s))
         .order_by(Job.updated_at)
         .limit(limit)
+        .with_for_update(skip_locked=True)
     )
     with db.unit_of_work() as session:
-        return _claim(session, query, now)
+        rows = list(session.scalars(query))
+        resend = [job for job in rows if job.republished < max_resends]
+        if resend:
+            session.execute(
+                update(Job)
+                .where(Job.id.in_([j.id for j in resend]))
+                .values(updated_at=now, republished=Job.republished + 1)
+            )
+        given_up = [_give_up(session, job, max_resends) for job in rows if job not in resend]
+        claimed = [
+            Claimed(j.job_id, j.member_id, j.status, j.cost, j.source, j.payload, j.created_at)
+            for j in resend
+        ]
+        return StaleBatch(claimed, given_up)
+
+
+def _give_up(session: Session, job: Job, max_resends: int) -> JobView:
+    detail = f"gave up after {max_resends} re-sends: its message keeps failing"
+    resolved = None
+    if job.status == JobStatus.RESERVED and job.cost > 0:
+        resolved = resolve_in(session, job.job_id, HoldState.RELEASED)
+    to = JobStatus.REFUNDED if job.status == JobStatus.RESERVED else JobStatus.REJECTED
+    move_job(session, job, to, (JobStatus(job.status),), detail=detail, last_error=detail)
+    return view_of(session, job, detail=detail, balances=resolved)
 
 
 def extend_hold(db: Database, job_id: str, *, ttl_s: float) -> None:

@@ -44,12 +44,14 @@ def race(fn, runs: int = 4) -> list[list[str]]:
 def test_concurrent_stale_sweeps_claim_disjoint_batches(db):
     tree = funded_member(db, account_credits=10, member_credits=10)
     record(db, tree.member_id, 40, "received")
-    claimed = race(lambda: recovery.claim_stale(db, older_than_s=60, limit=15))
+    claimed = race(
+        lambda: recovery.claim_stale(db, older_than_s=60, max_resends=5, limit=15).resend
+    )
     flat = [job_id for batch in claimed for job_id in batch]
     assert len(flat) == len(set(flat))  # no row taken twice
     assert len(flat) == 40  # 4 sweeps x 15 cover all 40
     # and the lease keeps a second round from taking them again at once
-    assert recovery.claim_stale(db, older_than_s=60, limit=100) == []
+    assert recovery.claim_stale(db, older_than_s=60, max_resends=5, limit=100).resend == []
 
 
 def test_concurrent_in_doubt_sweeps_claim_disjoint_batches(db):

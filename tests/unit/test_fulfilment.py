@@ -249,10 +249,12 @@ class InterleavingRedis:
     def __init__(self, redis: fakeredis.FakeRedis, barrier: threading.Barrier) -> None:
         self._redis = redis
         self._barrier = barrier
+        self._waited = False
 
     def hget(self, name: str, key: str):
         value = self._redis.hget(name, key)
-        if key == "outcome":
+        if key == "outcome" and not self._waited:  # only the first read, before any write
+            self._waited = True
             self._barrier.wait(timeout=10)
         return value
 
@@ -345,3 +347,30 @@ def test_rates_come_from_settings():
         stub_seed=3,
     )
     assert StubRates.from_settings(settings) == StubRates(0.5, 0.25, 0.2, 0.05, 4, 0, 9, 3)
+
+
+def test_a_send_that_loses_the_race_to_a_void_reports_the_void_and_never_sends(server):
+    import fakeredis
+
+    from shared.errors import PermanentVendorError
+    from shared.schemas import parse_job
+    from worker.fulfilment import StubProvider, StubRates
+
+    redis = fakeredis.FakeRedis(server=server)
+    stub = StubProvider(redis, StubRates(1.0, 0.0, 0.0, 0.0), prefix="t:")
+    job = parse_job({"job_id": "v1", "member_id": 1, "action": "task", "title": "t"})
+    # the resolver voids the key just after the send read "no outcome yet"
+    real_hget = redis.hget
+    calls = {"n": 0}
+
+    def hget(key, field):
+        if field == "outcome" and calls["n"] == 0:
+            calls["n"] += 1
+            stub.void("v1")
+            return None
+        return real_hget(key, field)
+
+    redis.hget = hget
+    with pytest.raises(PermanentVendorError, match="voided"):
+        stub.submit(job, idempotency_key="v1")
+    assert stub.sends("v1") == 0

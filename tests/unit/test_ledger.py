@@ -236,3 +236,43 @@ def test_reconcile_names_the_wallet_whose_balance_drifted(db):
         p.wallet_id == member_wallet and p.invariant == "balance_equals_entries"
         for p in report.problems
     )
+
+
+def test_members_cannot_hold_capture_or_release_credits_themselves(db):
+    tree = funded_member(db, account_credits=20, member_credits=10, role="admin")
+    ledger.hold(db, "job-1", tree.member_id, 5)
+    me = Actor(tree.member_id)
+    with pytest.raises(PermissionDenied):
+        ledger.release(db, "job-1", actor=me)
+    with pytest.raises(PermissionDenied):
+        ledger.capture(db, "job-1", actor=me)
+    with pytest.raises(PermissionDenied):
+        ledger.hold(db, "job-2", tree.member_id, 1, actor=me)
+    assert balances.balance(db, "member", tree.member_id).held == 5
+
+
+def test_a_replayed_key_tells_nothing_to_someone_not_allowed_to_make_the_request(db):
+    tree = funded_member(db, account_credits=20)
+    ledger.topup(db, tree.account_id, 5, key="order-7")
+    stranger = funded_member(db, account_credits=0, role="owner", name="Eve")
+    with pytest.raises(PermissionDenied):
+        ledger.topup(db, tree.account_id, 5, key="order-7", actor=Actor(stranger.member_id))
+
+
+def test_reconcile_flags_a_hold_left_open_on_a_finished_job(db):
+    from sqlalchemy import text
+
+    from shared.pricing import load_catalog
+    from shared.schemas import parse_job
+    from shared.services import jobs
+
+    tree = funded_member(db, account_credits=10, member_credits=10)
+    spec = parse_job({"job_id": "j-open", "member_id": tree.member_id, "action": "accept_lead",
+                      "lead_id": "l"})  # fmt: skip
+    jobs.receive(db, spec, load_catalog())
+    jobs.reserve(db, "j-open", hold_ttl_s=60, max_wait_s=60)
+    assert reconcile(db).ok
+    with db.unit_of_work() as session:  # a bug that finishes a job without its hold
+        session.execute(text("UPDATE jobs SET status = 'expired' WHERE job_id = 'j-open'"))
+    report = reconcile(db)
+    assert [p.invariant for p in report.problems] == ["no_open_hold_on_final_job"]
