@@ -34,3 +34,42 @@ def funded_member(
     if member_credits:
         ledger.allocate(db, "member", member.id, amount=member_credits)
     return Tree(account.id, workspace.id, member.id)
+
+
+# Job payloads, as a flow engine would send them.
+ADDRESS = {"name": "Jane Doe", "line1": "1 Main St", "city": "Springfield", "country": "US"}
+
+
+def note(job_id: str, member_id: int, **extra: object) -> dict:
+    return {
+        "job_id": job_id,
+        "member_id": member_id,
+        "action": "handwritten_note",
+        "message": "Thanks for the call!",
+        "recipient": ADDRESS,
+        "return_address": ADDRESS,
+        **extra,
+    }
+
+
+def postcard(job_id: str, member_id: int, **extra: object) -> dict:
+    return {
+        "job_id": job_id,
+        "member_id": member_id,
+        "action": "postcard",
+        "message": "Hello!",
+        "recipient": ADDRESS,
+        **extra,
+    }
+
+
+def email(job_id: str, member_id: int, **extra: object) -> dict:
+    return {
+        "job_id": job_id,
+        "member_id": member_id,
+        "action": "email",
+        "to": "lead@example.com",
+        "subject": "Hi",
+        "body": "Hello",
+        **extra,
+    }

@@ -5,7 +5,6 @@ task would turn into a retry.
 
 from __future__ import annotations
 
-import os
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -19,25 +18,17 @@ from shared.errors import NotFound
 from shared.models import DeadLetter, Job, JobTransition, LedgerTransaction, Wallet
 from shared.services import balances, jobs, ledger
 from shared.services.reconcile import reconcile
-from tests.factories import funded_member
+from tests.factories import ADDRESS, email, funded_member, note
 from worker.pipeline import RetryLater, SendPipeline
 from worker.resources import Resources
 
-ADDRESS = {"name": "Jane Doe", "line1": "1 Main St", "city": "Springfield", "country": "US"}
 NOTE_COST = 5  # the built-in catalog's price of a handwritten note
 
 MakePipeline = Callable[..., SendPipeline]
+pytestmark = pytest.mark.usefixtures("clean_environment")
 
 
 # ---------------------------------------------------------------- fixtures and helpers
-
-
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No CREDITS_* setting of the developer's shell leaks into these tests."""
-    for name in list(os.environ):
-        if name.startswith("CREDITS_"):
-            monkeypatch.delenv(name)
 
 
 @pytest.fixture
@@ -64,29 +55,6 @@ def make_pipeline(sqlite_url: str) -> Iterator[MakePipeline]:
     yield make
     for resources in made:
         resources.close()
-
-
-def note(job_id: str, member_id: int, **extra: object) -> dict:
-    return {
-        "job_id": job_id,
-        "member_id": member_id,
-        "action": "handwritten_note",
-        "message": "Thanks for the call!",
-        "recipient": ADDRESS,
-        "return_address": ADDRESS,
-        **extra,
-    }
-
-
-def email(job_id: str, member_id: int) -> dict:
-    return {
-        "job_id": job_id,
-        "member_id": member_id,
-        "action": "email",
-        "to": "lead@example.com",
-        "subject": "Hi",
-        "body": "Hello",
-    }
 
 
 def member_with(db: Database, credits: int) -> int:

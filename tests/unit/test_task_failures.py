@@ -10,8 +10,8 @@ from shared.client import CreditsClient
 from shared.errors import NotFound
 from shared.models import DeadLetter
 from shared.services import balances, jobs
-from tests.factories import funded_member
-from tests.unit.test_worker_inprocess import note, wait_until
+from tests.factories import funded_member, note
+from tests.unit.test_worker_inprocess import wait_until
 from worker import tasks
 from worker.pipeline import SendPipeline
 

@@ -22,12 +22,11 @@ from shared.errors import InvalidRequest
 from shared.models import DeadLetter, Wallet
 from shared.services import balances, jobs
 from shared.services.reconcile import reconcile
-from tests.factories import funded_member
+from tests.factories import ADDRESS, email, funded_member, note, postcard
 from worker.app import create_app
 from worker.fulfilment import StubProvider
 from worker.resources import resources_for
 
-ADDRESS = {"name": "Jane Doe", "line1": "1 Main St", "city": "Springfield", "country": "US"}
 DEADLINE_S = 30.0  # how long to wait for the worker before failing; never reached when green
 EXPECTED = {  # the stub's planned outcome -> where the job must end
     "delivered": "completed",
@@ -57,41 +56,6 @@ def wait_until(probe: Callable[[], T], what: str) -> T:
             return found
         time.sleep(0.02)
     raise AssertionError(f"timed out waiting for {what}")
-
-
-def note(job_id: str, member_id: int, **extra: object) -> dict:
-    return {
-        "job_id": job_id,
-        "member_id": member_id,
-        "action": "handwritten_note",
-        "message": "Thanks for the call!",
-        "recipient": ADDRESS,
-        "return_address": ADDRESS,
-        **extra,
-    }
-
-
-def postcard(job_id: str, member_id: int, **extra: object) -> dict:
-    return {
-        "job_id": job_id,
-        "member_id": member_id,
-        "action": "postcard",
-        "message": "Hello!",
-        "recipient": ADDRESS,
-        **extra,
-    }
-
-
-def email(job_id: str, member_id: int, **extra: object) -> dict:
-    return {
-        "job_id": job_id,
-        "member_id": member_id,
-        "action": "email",
-        "to": "lead@example.com",
-        "subject": "Hi",
-        "body": "Hello",
-        **extra,
-    }
 
 
 def job_ids_planned(provider: StubProvider, outcome: str, n: int, prefix: str) -> list[str]:
