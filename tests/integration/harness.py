@@ -7,6 +7,7 @@ the Redis DB flushed when the test ends.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -66,12 +67,13 @@ class CeleryProcess:
     name: str
     command: list[str]
     ready_marker: bytes = b" ready."
+    cwd: Path = ROOT
     proc: subprocess.Popen | None = None
 
     def start(self) -> CeleryProcess:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            self.command, cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+            self.command, cwd=self.cwd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=True, preexec_fn=die_with_parent,
         )  # fmt: skip
         return self
@@ -104,6 +106,9 @@ class CeleryProcess:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
+        else:  # the leader is gone; pool children may not be
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
         self._log.close()
 
     def kill(self) -> None:

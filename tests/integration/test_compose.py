@@ -9,13 +9,11 @@ environment are rewritten to 127.0.0.1 and the private ports.
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import os
 import re
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -23,7 +21,6 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -31,7 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 import yaml
 
-from tests.integration.harness import ROOT, wait_until
+from tests.integration.harness import ROOT, CeleryProcess, wait_until
 from tests.services import (
     create_pg_database,
     drop_pg_database,
@@ -192,22 +189,8 @@ def test_structure(config: dict[str, Any]) -> None:
 # ---------------------------------------------------------------- the services, run locally
 
 
-@dataclass
-class ServiceProcess:
-    name: str
-    cmd: list[str]
-    env: dict[str, str]
-    cwd: Path
-    log_path: Path
-    proc: subprocess.Popen | None = None
-
-    def start(self) -> ServiceProcess:
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            self.cmd, cwd=self.cwd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
-        return self
+class ServiceProcess(CeleryProcess):
+    """A compose service's own command, run locally, with log helpers for the checks."""
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -215,11 +198,8 @@ class ServiceProcess:
     def tail(self, lines: int = 60) -> str:
         return "\n".join(self.log().splitlines()[-lines:])
 
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
     def check_alive(self) -> None:
-        if not self.alive():
+        if not self.alive:
             raise AssertionError(f"{self.name} exited with {self.proc.returncode}:\n{self.tail()}")
 
     def wait_for_log(self, text: str, timeout_s: float = 60.0) -> None:
@@ -233,21 +213,6 @@ class ServiceProcess:
             wait_until(logged, timeout_s, f"{self.name} to log {text!r}")
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n--- {self.name} log:\n{self.tail()}") from None
-
-    def stop(self, timeout_s: float = 20.0) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        else:  # the leader is gone; pool children may not be
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-        self._log.close()
 
 
 def local_command(command: str | list[str]) -> list[str]:
@@ -354,11 +319,11 @@ def test_app_services_run_their_own_commands(
     def service(name: str, cmd: list[str] | None = None, **extra: str) -> ServiceProcess:
         spec = services[name]
         proc = ServiceProcess(
-            name,
-            cmd or local_command(spec["command"]),
-            local_env(spec, database=pg_database, redis_port=redis_port, **extra),
-            tmp_path,  # beat's default schedule file lands here, not in the repo
-            tmp_path / f"{name}.log",
+            env=local_env(spec, database=pg_database, redis_port=redis_port, **extra),
+            log_path=tmp_path / f"{name}.log",
+            name=name,
+            command=cmd or local_command(spec["command"]),
+            cwd=tmp_path,  # beat's default schedule file lands here, not in the repo
         )
         started.append(proc.start())
         return proc
