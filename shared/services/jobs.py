@@ -99,17 +99,17 @@ def view_of(
     changed: bool = True,
     detail: str | None = None,
     balances: HoldResult | None = None,
+    read_balances: bool = True,
 ) -> JobView:
     """The job with its member's balance: from ``balances`` when a ledger step just
-    returned them, else read (one query)."""
-    wallet = (
-        balances
-        or session.execute(
+    returned them, else read (one query); not at all for a step no event reports."""
+    wallet = balances
+    if wallet is None and read_balances:
+        wallet = session.execute(
             select(Wallet.available, Wallet.held)
             .join(Member, Member.wallet_id == Wallet.id)
             .where(Member.id == job.member_id)
         ).one()
-    )
     return JobView(
         job.job_id,
         job.member_id,
@@ -122,8 +122,8 @@ def view_of(
         job.step_id,
         job.source,
         job.payload,
-        wallet.available,
-        wallet.held,
+        wallet.available if wallet else None,
+        wallet.held if wallet else None,
         changed,
         detail or job.last_error,
     )
@@ -228,7 +228,7 @@ def receive(db: Database, spec: JobSpec, catalog: Catalog) -> JobView:
         session.add(job)
         session.flush()  # uq_jobs_job_id decides a race between two deliveries
         session.add(JobTransition(job_pk=job.id, to_status=status.value, detail=error, at=now))
-        return view_of(session, job)
+        return view_of(session, job, read_balances=status == JobStatus.REJECTED)
 
     return run_idempotent(db, "uq_jobs_job_id", work)
 
@@ -292,9 +292,9 @@ def mark_submitted(db: Database, job_id: str) -> JobView:
             job.attempts = attempts
             job.updated_at = utcnow()
             session.flush()
-            return view_of(session, job)
+            return view_of(session, job, read_balances=False)
         _must_move(session, job, JobStatus.SUBMITTED, (JobStatus.RESERVED,), attempts=attempts)
-        return view_of(session, job)
+        return view_of(session, job, read_balances=False)
 
 
 def note_error(db: Database, job_id: str, error: str) -> None:
