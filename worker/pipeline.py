@@ -121,16 +121,16 @@ class SendPipeline:
         db = self.res.db
         if isinstance(exc, PermanentVendorError):
             return self._emit(jobs.refund(db, spec.job_id, reason=str(exc)))
-        jobs.note_error(db, spec.job_id, str(exc))
+        noted = jobs.note_error(db, spec.job_id, str(exc))
         if isinstance(exc, TransientVendorError):
             # Vendor attempts are counted on the job row, so redeliveries share the budget.
             if view.attempts <= self.res.settings.retry_max:
                 raise RetryLater(str(exc), self._backoff(view.attempts - 1)) from exc
             # Out of retries: the hold stays and the resolver asks the vendor later.
             log.error("job %s: vendor failing after %d tries: %s", spec.job_id, view.attempts, exc)
-            return self._emit(jobs.get_view(db, spec.job_id), reason=f"retries exhausted: {exc}")
+            return self._emit(noted, reason=f"retries exhausted: {exc}")
         # VendorOutcomeUnknown: it may have been sent. Never guess; the resolver will ask.
-        return self._emit(jobs.get_view(db, spec.job_id), reason=f"in doubt: {exc}")
+        return self._emit(noted, reason=f"in doubt: {exc}")
 
     # ------------------------------------------------------------ outcomes
 

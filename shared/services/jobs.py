@@ -297,13 +297,14 @@ def mark_submitted(db: Database, job_id: str) -> JobView:
         return view_of(session, job, read_balances=False)
 
 
-def note_error(db: Database, job_id: str, error: str) -> None:
+def note_error(db: Database, job_id: str, error: str) -> JobView:
+    """Record the vendor's last error on the job; returns the job as it now stands."""
     with db.unit_of_work() as session:
-        session.execute(
-            update(Job)
-            .where(Job.job_id == job_id)
-            .values(last_error=error[:MAX_ERROR_LEN], updated_at=utcnow())
-        )
+        job = get_job(session, job_id)
+        job.last_error = error[:MAX_ERROR_LEN]
+        job.updated_at = utcnow()
+        session.flush()
+        return view_of(session, job, changed=False)
 
 
 # ---------------------------------------------------------------- 4. resolve

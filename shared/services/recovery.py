@@ -40,15 +40,17 @@ class Claimed:
     payload: dict[str, Any]
     created_at: datetime
 
+    @classmethod
+    def of(cls, job: Job) -> Claimed:
+        return cls(job.job_id, job.member_id, job.status, job.cost, job.source, job.payload,
+                   job.created_at)  # fmt: skip
+
 
 def _claim(session: Session, query, now: datetime) -> list[Claimed]:
     rows = list(session.scalars(query.with_for_update(skip_locked=True)))
     if rows:
         session.execute(update(Job).where(Job.id.in_([r.id for r in rows])).values(updated_at=now))
-    return [
-        Claimed(r.job_id, r.member_id, r.status, r.cost, r.source, r.payload, r.created_at)
-        for r in rows
-    ]
+    return [Claimed.of(r) for r in rows]
 
 
 def claim_in_doubt(
@@ -107,11 +109,7 @@ def claim_stale(db: Database, *, older_than_s: float, max_resends: int, limit: i
                 .values(updated_at=now, republished=Job.republished + 1)
             )
         given_up = [_give_up(session, job, max_resends) for job in rows if job not in resend]
-        claimed = [
-            Claimed(j.job_id, j.member_id, j.status, j.cost, j.source, j.payload, j.created_at)
-            for j in resend
-        ]
-        return StaleBatch(claimed, given_up)
+        return StaleBatch([Claimed.of(j) for j in resend], given_up)
 
 
 def _give_up(session: Session, job: Job, max_resends: int) -> JobView:
@@ -170,11 +168,7 @@ def sweep_awaiting(db: Database, *, lease_s: float, limit: int) -> ParkedBatch:
             session.execute(
                 update(Job).where(Job.id.in_([j.id for j in picked])).values(updated_at=now)
             )
-        resume = [
-            Claimed(j.job_id, j.member_id, j.status, j.cost, j.source, j.payload, j.created_at)
-            for j in picked
-        ]
-        return ParkedBatch(resume, expired)
+        return ParkedBatch([Claimed.of(j) for j in picked], expired)
 
 
 def _expire(session: Session, now: datetime, limit: int) -> list[JobView]:

@@ -8,7 +8,6 @@ the vendor twice; the flow engine heard exactly one final event per job; reconci
 from __future__ import annotations
 
 import random
-import threading
 import time
 from collections import Counter
 from contextlib import closing
@@ -262,7 +261,6 @@ def test_parked_jobs_resume_after_a_top_up_and_expire_after_their_wait(stack, db
                               "CREDITS_STUB_TIMEOUT_RATE": "0"})  # fmt: skip
     rich = funded_member(db, account_credits=100, member_credits=5, name="Rich")
     poor = funded_member(db, account_credits=10, member_credits=0, name="Poor")
-    note = {"action": "task", "title": "t"}
     client = CreditsClient(settings=stack.settings())
     for i in range(4):
         client.send_action({"job_id": f"r{i}", "member_id": rich.member_id,
@@ -270,7 +268,6 @@ def test_parked_jobs_resume_after_a_top_up_and_expire_after_their_wait(stack, db
     stack.start_worker("w1", CREDITS_AWAITING_CREDITS_MAX_WAIT_S="600")
     stack.start_beat(CREDITS_AWAITING_CREDITS_MAX_WAIT_S="600")
     wait_until(lambda: job_counts(db)["completed"] == 4, 60, "four leads accepted")
-    assert note
     # given five more leads than the member can pay for
     for i in range(4, 9):
         client.send_action({"job_id": f"r{i}", "member_id": rich.member_id,
@@ -319,4 +316,3 @@ def test_a_received_job_whose_message_is_gone_is_sent_again(stack, db):
     # then the re-publish sweep sends it again with the same job_id, and it completes
     wait_until(lambda: all_final(db, 1), 60, "the lost job to be re-sent and finish")
     assert job_counts(db)["completed"] + job_counts(db)["refunded"] == 1
-    threading  # noqa: B018
