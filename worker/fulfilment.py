@@ -47,6 +47,20 @@ class FulfilmentProvider(Protocol):
         got there first. Raises TransientVendorError if unreachable."""
 
 
+# Settle a key once: the first outcome wins, with its fields and its send count, atomically.
+_SETTLE = """
+if redis.call('HSETNX', KEYS[1], 'outcome', ARGV[1]) == 0 then
+    return 0
+end
+for i = 3, #ARGV, 2 do
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+if ARGV[2] == '1' then
+    redis.call('HINCRBY', KEYS[1], 'sends', 1)
+end
+return 1
+"""
+
 VENDORS = {
     "handwritten_note": ("print-house", "PH"),
     "postcard": ("print-house", "PH"),
@@ -92,6 +106,7 @@ class StubProvider:
         self.redis = redis
         self.rates = rates
         self.prefix = f"{prefix}stub:"
+        self._settle_script = redis.register_script(_SETTLE)
 
     # -- the draw
 
@@ -163,8 +178,7 @@ class StubProvider:
         if self.outage:
             raise TransientVendorError("vendor unreachable (outage)")
         record = self._record_key(idempotency_key)
-        if self.redis.hsetnx(record, "outcome", "failed"):
-            self.redis.hset(record, mapping={"voided": "1", "vendor": "void", "ref": ""})
+        if self._record(record, "failed", {"voided": "1", "vendor": "void", "ref": ""}, sent=False):
             return VendorStatus.FAILED
         return self.status(idempotency_key)
 
@@ -191,15 +205,17 @@ class StubProvider:
 
     def _settle(self, record: str, outcome: str, ref: str, vendor: str, *, pending=False) -> bool:
         """Record the outcome unless another call (a send, a void) got there first."""
-        if not self.redis.hsetnx(record, "outcome", outcome):
-            return False
-        mapping = {"ref": ref, "vendor": vendor}
+        fields = {"ref": ref, "vendor": vendor}
         if pending:
-            mapping["pending_until"] = f"{time.time() + self.rates.pending_s:.3f}"
-        self.redis.hset(record, mapping=mapping)
-        if outcome == "delivered":
-            self.redis.hincrby(record, "sends", 1)
-        return True
+            fields["pending_until"] = f"{time.time() + self.rates.pending_s:.3f}"
+        return self._record(record, outcome, fields, sent=outcome == "delivered")
+
+    def _record(self, record: str, outcome: str, fields: dict[str, str], *, sent: bool) -> bool:
+        # One script: Redis dying half-way must not leave an outcome without its send count.
+        args: list[str] = [outcome, "1" if sent else "0"]
+        for key, value in fields.items():
+            args.extend((key, value))
+        return bool(self._settle_script(keys=[record], args=args))
 
     def _replay(self, vendor: str, record: str, outcome: str) -> Submission:
         if outcome == "failed":
