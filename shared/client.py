@@ -1,16 +1,18 @@
-"""The producer client for flow engines: validate a job, publish it by task name, return.
+"""The producer client for flow engines: validate a job, sign it, publish it, return.
 
 This is the one module of ``shared`` that imports Celery, and only to publish: it never
 imports ``worker``. Instant actions go to a queue that workers drain first.
 
     from shared.client import CreditsClient
 
-    client = CreditsClient("redis://127.0.0.1:6379/0")
+    client = CreditsClient()                # CREDITS_BROKER_URL, CREDITS_JOB_SIGNING_KEY
     client.send_action({"job_id": "flow-7:step-3:lead-42", "member_id": 12,
                         "action": "postcard", "message": "Hi!", "recipient": {...}})
-    after = "0-0"
-    for entry_id, event in client.events.read(after, block_ms=5000):
-        ...                                 # event["job_id"], event["status"], ...
+
+``send_action`` returns once the broker has the job (with RabbitMQ: once it confirmed the
+persistent message), or raises BrokerUnavailable after retrying a broker outage for
+``CREDITS_PUBLISH_TIMEOUT_S``. Either way the job_id is the idempotency key: sending the
+same job again charges once.
 """
 
 from __future__ import annotations
@@ -18,22 +20,22 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from kombu import Exchange, Queue
+from kombu.exceptions import KombuError, OperationalError
 
+from shared.adapters.events import EventStream
+from shared.adapters.redis_client import make_redis
 from shared.config import Settings, get_settings
-from shared.events import EventStream
-from shared.redis_client import make_redis
-from shared.schemas import Job, job_dict, parse_job
+from shared.errors import BrokerUnavailable, ConfigurationError, InvalidRequest
+from shared.pricing import catalog_from_settings, quote
+from shared.queues import FLOW_QUEUE, INSTANT_QUEUE, MAINTENANCE_QUEUE, celery_broker_settings
+from shared.schemas import Job, job_dict, parse_job, price_fields
+from shared.signing import sign
 
 SEND_ACTION_TASK = "credits.send_action"
-MAINTENANCE_QUEUE = "credits.maintenance"
-INSTANT_QUEUE = "credits.instant"
-FLOW_QUEUE = "credits.flow"
-# Workers drain queues in this order. Each queue gets an exchange and routing key of its
-# own: left to Celery's defaults, all would bind to the default queue's exchange under one
-# routing key, and a message sent there would land in every queue.
-QUEUE_NAMES = (MAINTENANCE_QUEUE, INSTANT_QUEUE, FLOW_QUEUE)
-QUEUES = tuple(Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUE_NAMES)
+NO_SIGNING_KEY = (
+    "CREDITS_JOB_SIGNING_KEY is not set: producers sign every job and workers refuse "
+    "unsigned ones; set it to '<key id>:<secret>' (the same value the workers have)"
+)
 
 
 class CreditsClient:
@@ -45,36 +47,37 @@ class CreditsClient:
         settings: Settings | None = None,
     ):
         self.settings = settings or get_settings()
+        self.key = self.settings.signing_key()
+        if self.key is None:
+            raise ConfigurationError(NO_SIGNING_KEY)
         self.broker_url = broker_url or self.settings.broker
         # Outcomes are read from the Redis the workers write to: the broker's, when only a
         # Redis broker URL is given, as in CreditsClient("redis://...").
         if redis_url is None and broker_url and broker_url.startswith(("redis://", "rediss://")):
             redis_url = broker_url
         self.redis_url = redis_url or self.settings.redis_url
-        self._app = Celery("credits-producer", broker=self.broker_url, set_as_current=False)
+        self._app = Celery("credits-producer", set_as_current=False)
         self._app.conf.update(
+            **celery_broker_settings(self.settings, broker_url=self.broker_url),
             task_serializer="json",
             accept_content=["json"],
-            task_queues=QUEUES,
-            task_default_queue=FLOW_QUEUE,
-            broker_connection_retry_on_startup=True,
-            broker_transport_options={"visibility_timeout": self.settings.visibility_timeout_s},
         )
         self._events: EventStream | None = None
 
     def send_action(self, job: Job | dict[str, Any]) -> str:
-        """Validate ``job`` and publish it; returns its job_id at once.
+        """Validate, sign and publish ``job``; returns its job_id once the broker has it.
 
-        Raises InvalidRequest naming each bad field; nothing is published then. The
-        job_id is the idempotency key: sending the same job again charges once.
+        Raises InvalidRequest naming each bad field (nothing is published then), and
+        BrokerUnavailable when the broker did not take it in time (sending it again later
+        with the same job_id is safe).
         """
         spec = parse_job(job)
-        publish_job(self._app, job_dict(spec), spec.source)
+        publish_job(self._app, self.settings, job_dict(spec), self.key)
         return spec.job_id
 
     @property
     def events(self) -> EventStream:
-        """The outcome stream: ``read(after)``, ``wait_for(job_id, after, timeout_s)``."""
+        """The outcome stream: ``read(after)``, ``wait_for(member_id, job_id, after, s)``."""
         if self._events is None:
             self._events = EventStream(
                 make_redis(self.redis_url),
@@ -87,10 +90,67 @@ class CreditsClient:
         self._app.close()
 
 
-def publish_job(app: Celery, payload: dict[str, Any], source: str) -> None:
-    """Publish an already validated job by task name; the worker's sweeps re-send this way."""
-    queue = INSTANT_QUEUE if source == "instant" else FLOW_QUEUE
-    app.send_task(SEND_ACTION_TASK, kwargs={"job": payload}, queue=queue)
+def redacted(payload: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """What monitoring (Flower, task events, logs) may show of a job: no address, no text."""
+    shown = {k: payload.get(k) for k in ("job_id", "member_id", "action", "source")}
+    try:
+        shown["cost"] = quote(
+            payload["action"], catalog=catalog_from_settings(settings),
+            **price_fields(parse_job(payload)),
+        ).credits  # fmt: skip
+    except (InvalidRequest, KeyError):
+        shown["cost"] = None
+    return shown
+
+
+def publish_job(
+    app: Celery, settings: Settings, payload: dict[str, Any], key: tuple[str, str]
+) -> None:
+    """Sign an already validated job and publish it by task name; sweeps re-send this way."""
+    queue = INSTANT_QUEUE if payload.get("source") == "instant" else FLOW_QUEUE
+    interval_max_s = 1.0
+    try:
+        app.send_task(
+            SEND_ACTION_TASK,
+            kwargs={"job": payload, "auth": sign(payload, key)},
+            queue=queue,
+            kwargsrepr=repr({"job": redacted(payload, settings)}),
+            retry=True,
+            retry_policy={
+                "max_retries": max(1, int(settings.publish_timeout_s / interval_max_s)),
+                "interval_start": 0.1,
+                "interval_step": 0.3,
+                "interval_max": interval_max_s,
+            },
+        )
+    except (OperationalError, KombuError, OSError) as exc:
+        raise BrokerUnavailable(
+            f"the broker did not take job {payload.get('job_id')!r} within "
+            f"{settings.publish_timeout_s:g}s ({type(exc).__name__}); it was not sent: "
+            "send it again with the same job_id"
+        ) from None
+
+
+RESUME_MEMBER_TASK = "credits.resume_member"
+
+
+def request_resume(settings: Settings, member_id: int) -> bool:
+    """Ask the workers to resume a member's parked jobs now (credits just arrived).
+
+    Best effort: the resume sweep finds the same jobs within ``CREDITS_RESUME_EVERY_S``
+    anyway, so a broker that does not answer at once only delays them. No signature is
+    needed: the task only re-sends jobs the workers recorded and signs them itself.
+    """
+    app = Celery("credits-producer", set_as_current=False)
+    app.conf.update(**celery_broker_settings(settings), task_serializer="json")
+    try:
+        app.send_task(RESUME_MEMBER_TASK, args=(member_id,), queue=MAINTENANCE_QUEUE,
+                      retry=True, retry_policy={"max_retries": 1})  # fmt: skip
+    except (OperationalError, KombuError, OSError):
+        return False
+    finally:
+        app.close()
+    return True
 
 
 def send_action(job: Job | dict[str, Any], *, broker_url: str | None = None) -> str:

@@ -6,22 +6,60 @@ typo in a deployment fails loudly before any credit moves.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
-from typing import Annotated, Self
+from typing import Annotated, Literal, Self
+from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from shared.errors import InvalidRequest
+from shared.errors import ConfigurationError
 
 PositiveSeconds = Annotated[float, Field(gt=0, le=86_400)]
 Rate = Annotated[float, Field(ge=0, le=1)]
 
 FAULT_ARMING_PHRASE = "yes-kill-my-workers"
+CrashPoint = Literal[
+    "after_hold", "after_vendor_accepted", "before_capture", "after_capture_before_event"
+]
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "memory://")
-_BROKER_SCHEMES = ("redis://", "rediss://", "memory://", "amqp://", "pyamqp://")
+_BROKER_SCHEMES = ("redis://", "rediss://", "memory://", "amqp://", "pyamqp://", "amqps://")
+# A key id names a signing key in logs and on jobs; the secret never leaves the process.
+_SIGNING_KEY = re.compile(r"^(?P<id>[A-Za-z0-9._-]{1,64}):(?P<secret>.{32,512})$")
+MIN_SECRET_CHARS = 32
+# Added to the broker's redelivery delay before the resolver may act on a job: clocks of
+# two hosts and a sweep's own run time are not exact.
+RESOLVER_MARGIN_S = 30.0
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced by ``***``: safe for logs and error messages."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def parse_signing_keys(value: str, variable: str) -> dict[str, str]:
+    """``id:secret[,id:secret...]`` -> {id: secret}; errors name the variable, not the secret."""
+    keys: dict[str, str] = {}
+    for n, item in enumerate(part.strip() for part in value.split(",")):
+        found = _SIGNING_KEY.match(item)
+        if found is None:
+            raise ValueError(
+                f"{variable} entry {n + 1} is not '<key id>:<secret>' with a key id of letters, "
+                f"digits, '.', '_' or '-' and a secret of at least {MIN_SECRET_CHARS} characters"
+            )
+        keys[found["id"]] = found["secret"]
+    return keys
 
 
 def normalize_database_url(url: str) -> str:
@@ -44,7 +82,11 @@ class Settings(BaseSettings):
     database_url: str = "sqlite:///credits.db"
     redis_url: str = "redis://127.0.0.1:6379/0"
     broker_url: str | None = None  # defaults to redis_url
-    key_prefix: str = Field(default="credits:", min_length=1, max_length=64)
+    # RabbitMQ: declare the queues as quorum queues (replicated; for a cluster).
+    quorum_queues: bool = False
+    # Seconds a producer retries a publish while the broker is down, then BrokerUnavailable.
+    publish_timeout_s: PositiveSeconds = 10.0
+    key_prefix: str = Field(default="credits:", min_length=1, max_length=64, pattern=r"^\S+$")
     events_stream: str | None = None  # defaults to "<key_prefix>events"
     events_stream_maxlen: int = Field(default=1_000_000, ge=1_000)
 
@@ -81,23 +123,28 @@ class Settings(BaseSettings):
     reconcile_every_s: PositiveSeconds = 300.0
     beat_lock_timeout_s: PositiveSeconds = 30.0
 
+    # Trust: producers sign every job; workers accept only jobs signed by a known key.
+    job_signing_key: SecretStr | None = None  # "<key id>:<secret>"
+    job_verify_keys: SecretStr | None = None  # more "id:secret" pairs still accepted
+
     # Observability.
     metrics_port: int = Field(default=0, ge=0, le=65_535)  # 0: no metrics server
-    log_format: str = Field(default="text", pattern="^(text|json)$")
+    metrics_addr: str = "127.0.0.1"  # the metrics server's bind address
+    log_format: Literal["text", "json"] = "text"
 
     # Fault injection, for the crash tests only. Both settings are needed: the point to
     # crash at, and FAULT_ARMED set to the exact phrase below, so that a stray variable in
     # production can never make a worker kill itself.
-    fault_crash_at: str | None = Field(
-        default=None,
-        pattern="^(after_hold|after_vendor_accepted|before_capture|after_capture_before_event)$",
-    )
+    fault_crash_at: CrashPoint | None = None
     fault_crash_every: int = Field(default=10, ge=1, le=1_000_000)
     fault_armed: str | None = None
 
     # Fulfilment provider: only the stub ships; real adapters implement the same interface.
-    provider: str = Field(default="stub", pattern="^(stub)$")
+    provider: Literal["stub"] = "stub"
     vendor_timeout_s: PositiveSeconds = 30.0
+    # The stub is a separate vendor: its records live apart from the broker (its own
+    # Redis DB or server), so a broker that loses data does not erase what was sent.
+    stub_redis_url: str | None = None  # defaults to redis_url
     stub_seed: int = 0
     stub_delivered_rate: Rate = 0.90
     stub_rejected_rate: Rate = 0.05
@@ -115,8 +162,8 @@ class Settings(BaseSettings):
             url = make_url(value)
         except ArgumentError:
             raise ValueError(
-                f"not a database URL: {value!r}; expected e.g. sqlite:///credits.db or "
-                "postgresql://user@host/db"
+                f"not a database URL: {mask_url(value)!r}; expected e.g. sqlite:///credits.db "
+                "or postgresql://user@host/db"
             ) from None
         if url.get_backend_name() not in ("sqlite", "postgresql"):
             raise ValueError(
@@ -124,18 +171,28 @@ class Settings(BaseSettings):
             )
         return value
 
-    @field_validator("redis_url")
+    @field_validator("redis_url", "stub_redis_url")
     @classmethod
-    def _redis_url(cls, value: str) -> str:
-        if not value.startswith(_REDIS_SCHEMES):
-            raise ValueError(f"not a Redis URL: {value!r}; expected redis://host:port/db")
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(_REDIS_SCHEMES):
+            raise ValueError(f"not a Redis URL: {mask_url(value)!r}; expected redis://host:port/db")
         return value
 
     @field_validator("broker_url")
     @classmethod
     def _broker_url(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(_BROKER_SCHEMES):
-            raise ValueError(f"not a broker URL: {value!r}; expected redis://host:port/db")
+            raise ValueError(
+                f"not a broker URL: {mask_url(value)!r}; expected amqp://user:password@host/vhost"
+                " or redis://host:port/db"
+            )
+        return value
+
+    @field_validator("job_signing_key", "job_verify_keys")
+    @classmethod
+    def _keys(cls, value: SecretStr | None, info) -> SecretStr | None:
+        if value is not None:
+            parse_signing_keys(value.get_secret_value(), f"CREDITS_{info.field_name.upper()}")
         return value
 
     @model_validator(mode="after")
@@ -165,13 +222,14 @@ class Settings(BaseSettings):
             )
         if self.job_lock_timeout_s <= self.vendor_timeout_s:
             raise ValueError("CREDITS_JOB_LOCK_TIMEOUT_S must exceed CREDITS_VENDOR_TIMEOUT_S")
-        if self.in_doubt_after_s <= self.job_lock_timeout_s + self.retry_backoff_max_s:
-            # Otherwise the resolver could settle a job whose worker is still talking to the
-            # vendor, or is waiting out a retry countdown with the hold kept on purpose.
-            raise ValueError(
-                "CREDITS_IN_DOUBT_AFTER_S must exceed CREDITS_JOB_LOCK_TIMEOUT_S + "
-                "CREDITS_RETRY_BACKOFF_MAX_S"
-            )
+        if self.task_time_limit_s <= self.vendor_timeout_s:
+            raise ValueError("CREDITS_TASK_TIME_LIMIT_S must exceed CREDITS_VENDOR_TIMEOUT_S")
+        # The resolver acts on a job only once no attempt can still come: each attempt
+        # records until when it may run (job lock) or when its retry is due; the broker may
+        # take redelivery_delay_s more to hand a lost worker's message to another worker.
+        # Being idle for in_doubt_after_s comes on top, never instead.
+        if self.in_doubt_after_s <= self.job_lock_timeout_s:
+            raise ValueError("CREDITS_IN_DOUBT_AFTER_S must exceed CREDITS_JOB_LOCK_TIMEOUT_S")
         if self.fault_crash_at and self.fault_armed != FAULT_ARMING_PHRASE:
             raise ValueError(
                 "CREDITS_FAULT_CRASH_AT is set but fault injection is not armed: it also needs "
@@ -184,6 +242,47 @@ class Settings(BaseSettings):
         return self.broker_url or self.redis_url
 
     @property
+    def broker_is_amqp(self) -> bool:
+        return self.broker.startswith(("amqp://", "pyamqp://", "amqps://"))
+
+    @property
+    def redelivery_delay_s(self) -> float:
+        """The longest a broker takes to hand a lost worker's unacked message to another
+        worker: Redis restores it after the visibility timeout (plus one restore scan);
+        RabbitMQ requeues it when the connection dies, which a stopped worker's missed
+        heartbeats reveal within two heartbeat intervals."""
+        if self.broker_is_amqp:
+            return 2 * BROKER_HEARTBEAT_S + RESOLVER_MARGIN_S
+        return self.visibility_timeout_s + self.restore_interval_s + RESOLVER_MARGIN_S
+
+    @property
+    def vendor_store_url(self) -> str:
+        return self.stub_redis_url or self.redis_url
+
+    def signing_key(self) -> tuple[str, str] | None:
+        """(key id, secret) that this process signs jobs with, if any."""
+        if self.job_signing_key is None:
+            return None
+        ((key_id, secret),) = parse_signing_keys(
+            self.job_signing_key.get_secret_value(), "CREDITS_JOB_SIGNING_KEY"
+        ).items()
+        return key_id, secret
+
+    def verify_keys(self) -> dict[str, str]:
+        """Every key a worker accepts: its own signing key plus CREDITS_JOB_VERIFY_KEYS."""
+        keys = {}
+        if self.job_verify_keys is not None:
+            keys.update(
+                parse_signing_keys(
+                    self.job_verify_keys.get_secret_value(), "CREDITS_JOB_VERIFY_KEYS"
+                )
+            )
+        own = self.signing_key()
+        if own is not None:
+            keys[own[0]] = own[1]
+        return keys
+
+    @property
     def stream(self) -> str:
         return self.events_stream or f"{self.key_prefix}events"
 
@@ -192,13 +291,16 @@ class Settings(BaseSettings):
         return self.database_url.startswith("sqlite")
 
 
+BROKER_HEARTBEAT_S = 30.0  # AMQP heartbeat: a stopped worker's connection dies in ~2x this
+
+
 def load_settings(**overrides: object) -> Settings:
     """Build settings from the environment, turning a validation failure into one clear error."""
     try:
         return Settings(**overrides)
     except ValidationError as exc:
         problems = "; ".join(_describe(err) for err in exc.errors())
-        raise InvalidRequest(f"bad configuration: {problems}") from None
+        raise ConfigurationError(f"bad configuration: {problems}") from None
 
 
 def _describe(err: dict) -> str:

@@ -1,13 +1,17 @@
 """Engines and units of work.
 
-A unit of work is one database transaction: it rolls back unless the caller commits.
+A unit of work is one database transaction. It rolls back unless the caller calls
+``commit()``, so a step that forgets to commit, or raises half-way, leaves nothing
+behind. Work that must only happen once the transaction is durable (publishing an event)
+is registered with ``after_commit`` and runs after ``commit()`` has returned.
+
 SQLite gets ``BEGIN IMMEDIATE`` so that concurrent writers queue on the database lock
 instead of failing half-way with "database is locked", and a busy timeout so they wait.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -61,27 +65,43 @@ def _sqlite_engine(url: str, **kwargs: Any) -> Engine:
     return engine
 
 
+class UnitOfWork(Session):
+    """A session that is one transaction: commit explicitly, or it is rolled back."""
+
+    def after_commit(self, hook: Callable[[], object]) -> None:
+        """Run ``hook`` once this unit of work has committed; never if it rolls back."""
+        self.info.setdefault("after_commit", []).append(hook)
+
+    def commit(self) -> None:
+        super().commit()
+        # Hooks run after the commit returned: an event never announces a change that
+        # could still be rolled back. A hook that fails does not undo the commit; the
+        # outbox sweeps (notify, republish) cover what it was meant to do.
+        for hook in self.info.pop("after_commit", []):
+            hook()
+
+
 class Database:
     """An engine plus a session factory; hands out units of work."""
 
     def __init__(self, url: str, **engine_kwargs: Any) -> None:
         self.url = normalize_database_url(url)
         self.engine = make_engine(self.url, **engine_kwargs)
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._sessions = sessionmaker(self.engine, class_=UnitOfWork, expire_on_commit=False)
 
     @property
     def is_postgres(self) -> bool:
         return self.engine.dialect.name == "postgresql"
 
     @contextmanager
-    def unit_of_work(self) -> Iterator[Session]:
-        """Yield a session in a transaction; commit on clean exit, roll back on error."""
+    def unit_of_work(self) -> Iterator[UnitOfWork]:
+        """Yield a unit of work. Nothing it wrote survives unless it called ``commit()``:
+        on exit, clean or not, whatever is uncommitted is rolled back."""
         session = self._sessions()
         try:
-            with session.begin():
-                yield session
+            yield session
         finally:
-            session.close()
+            session.close()  # rolls back an open transaction; drops pending after-commit hooks
 
     def require_schema(self) -> None:
         if not inspect(self.engine).has_table("wallets"):

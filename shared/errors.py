@@ -5,14 +5,19 @@ rule that was broken, as TigerBeetle's result codes do::
 
     CreditsError
     ├── InvalidRequest            bad input: names the field and the value
-    │   └── UnknownCountry
+    │   ├── UnknownCountry
+    │   └── ConfigurationError    a setting is missing or wrong: names the variable
     ├── NotFound                  an account, workspace, member, wallet, hold or job
     ├── PermissionDenied          the actor's role does not allow the action
+    │   └── JobNotAuthentic       unsigned, unknown key or bad signature: nobody charged
     ├── InsufficientCredits       available < amount; nothing changed
     ├── IdempotencyConflict       same key, different content
     ├── HoldAlreadyResolved       capture of a released hold, or the reverse
     ├── SchemaMissing             the database has not been migrated
     ├── InvariantViolation        the ledger broke a rule it must never break
+    ├── ServiceUnavailable        a server we need does not answer; nothing was done
+    │   ├── DatabaseUnavailable
+    │   └── BrokerUnavailable     the job was not accepted: send it again later
     └── VendorError               the fulfilment provider failed
         ├── TransientVendorError  try again later, keep the hold
         ├── PermanentVendorError  the vendor refused it: release the hold
@@ -52,17 +57,25 @@ class UnknownCountry(InvalidRequest):
         self.country = country
 
 
+class ConfigurationError(InvalidRequest):
+    """A setting is missing or makes no sense; the message names the variable to set."""
+
+
 class NotFound(CreditsError):
     exit_code = 3
 
-    def __init__(self, kind: str, key: object) -> None:
-        super().__init__(f"{kind} {key!r} does not exist")
+    def __init__(self, kind: str, key: object, hint: str | None = None) -> None:
+        super().__init__(f"{kind} {key!r} does not exist" + (f" ({hint})" if hint else ""))
         self.kind = kind
         self.key = key
 
 
 class PermissionDenied(CreditsError):
     exit_code = 4
+
+
+class JobNotAuthentic(PermissionDenied):
+    """A job without a valid producer signature: it charges nobody."""
 
 
 class InsufficientCredits(CreditsError):
@@ -101,6 +114,23 @@ class InvariantViolation(CreditsError):
     """A ledger invariant failed. The transaction that saw it is rolled back."""
 
     exit_code = 9
+
+
+class ServiceUnavailable(CreditsError):
+    """A server the request needs did not answer within its bound; nothing was done."""
+
+    exit_code = 11
+
+
+class DatabaseUnavailable(ServiceUnavailable):
+    pass
+
+
+class BrokerUnavailable(ServiceUnavailable):
+    """The broker did not accept the job (it was down past the publish timeout): the job
+    was not sent. Sending it again with the same job_id is safe."""
+
+    exit_code = 13
 
 
 class VendorError(CreditsError):

@@ -1,31 +1,21 @@
-"""Outcome events for flow engines, on a Redis stream (``credits:events`` by default).
+"""Outcome events: what a flow engine hears about each of its jobs.
 
-Each event is published at most once per (job_id, status): a Lua script sets a marker
-key with NX and appends to the stream in one atomic step, so a redelivered message that
-re-runs a finished step does not tell the flow engine twice. Consumers should still treat
-events as at-least-once across a Redis restart, which wipes both stream and markers.
+An event says a job's new status, with its member, cost and the member's balance after
+it. It is published at most once per (member, job_id, status) on a Redis stream
+(:mod:`shared.adapters.events`). Final statuses never change again; ``awaiting_credits``
+(parked) is not final, and neither is an in-doubt ``submitted``.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from typing import Any
 
-FINAL_STATUSES = ("completed", "refunded", "rejected", "expired")
-MARKER_TTL_S = 7 * 86_400
+from shared.models import FINAL_JOB_STATUSES, JobStatus
 
-# The marker is set after the XADD: if the XADD fails, nothing is marked, and a later
-# publish (the notify sweep) can still deliver the event.
-_PUBLISH_ONCE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then
-    return false
-end
-local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 3))
-redis.call('SET', KEYS[1], '1', 'EX', ARGV[1])
-return id
-"""
+FINAL_STATUSES = tuple(sorted(s.value for s in FINAL_JOB_STATUSES))
+PARKED = JobStatus.AWAITING_CREDITS.value
+INT_FIELDS = ("member_id", "cost", "available", "held")
 
 
 @dataclass(frozen=True)
@@ -51,9 +41,6 @@ class Event:
         return {k: str(v) for k, v in data.items()}
 
 
-INT_FIELDS = ("member_id", "cost", "available", "held")
-
-
 def typed(fields: dict[str, str]) -> dict[str, object]:
     """An event as read from the stream (all strings) with numbers and flags typed."""
     out: dict[str, object] = dict(fields)
@@ -67,53 +54,10 @@ def typed(fields: dict[str, str]) -> dict[str, object]:
     return out
 
 
-class EventStream:
-    def __init__(
-        self, redis: Any, stream: str, *, maxlen: int = 1_000_000, prefix: str = ""
-    ) -> None:
-        self.redis = redis
-        self.stream = stream
-        self.maxlen = maxlen
-        self.marker_prefix = f"{prefix or stream + ':'}sent:"
-        self._script = redis.register_script(_PUBLISH_ONCE)
-
-    def publish(self, event: Event) -> str | None:
-        """Append ``event`` unless this (job_id, status) was already published; return its id."""
-        args: list[Any] = [MARKER_TTL_S, self.maxlen]
-        for key, value in event.fields().items():
-            args.extend((key, value))
-        marker = f"{self.marker_prefix}{event.job_id}:{event.status}"
-        result = self._script(keys=[marker, self.stream], args=args)
-        return result.decode() if isinstance(result, bytes) else result
-
-    def last_id(self) -> str:
-        newest = self.redis.xrevrange(self.stream, count=1)
-        return newest[0][0].decode() if newest else "0-0"
-
-    def read(self, after: str = "0-0", *, count: int = 1000, block_ms: int | None = None):
-        """Events after stream id ``after``, as (id, dict) pairs."""
-        found = self.redis.xread({self.stream: after}, count=count, block=block_ms)
-        for _name, entries in found or []:
-            for entry_id, fields in entries:
-                yield entry_id.decode(), {k.decode(): v.decode() for k, v in fields.items()}
-
-    def all(self) -> Iterator[dict[str, str]]:
-        after = "0-0"
-        while True:
-            page = list(self.read(after, count=5000))
-            if not page:
-                return
-            yield from (fields for _id, fields in page)
-            after = page[-1][0]
-
-    def wait_for(self, job_id: str, after: str, timeout_s: float) -> dict[str, str] | None:
-        """Block until an outcome for ``job_id`` arrives: a final status or a parked job."""
-        deadline = time.monotonic() + timeout_s
-        while (left := deadline - time.monotonic()) > 0:
-            for entry_id, fields in self.read(after, block_ms=max(1, int(min(left, 1.0) * 1000))):
-                after = entry_id
-                if fields.get("job_id") == job_id and (
-                    fields.get("final") == "1" or fields.get("status") == "awaiting_credits"
-                ):
-                    return fields
-        return None
+def is_outcome_for(fields: dict[str, str], member_id: int, job_id: str) -> bool:
+    """An event that ends a wait for this member's job: final, or parked."""
+    return (
+        fields.get("job_id") == job_id
+        and fields.get("member_id") == str(member_id)
+        and (fields.get("final") == "1" or fields.get("status") == PARKED)
+    )

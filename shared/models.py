@@ -15,11 +15,13 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -158,6 +160,9 @@ class Member(Base):
     name: Mapped[str] = mapped_column(String(200))
     role: Mapped[str] = mapped_column(String(16), default=Role.MEMBER.value)
     wallet_id: Mapped[int] = mapped_column(ForeignKey("wallets.id"), unique=True)
+    # A deactivated member keeps their history but can no longer act, spend or be given
+    # credits; deactivating returns their available credits to the workspace pool.
+    active: Mapped[bool] = mapped_column(Boolean, default=True, server_default=text("true"))
     created_at: Mapped[datetime] = mapped_column(Timestamp(), default=utcnow)
 
 
@@ -208,14 +213,15 @@ class Hold(Base):
 
     __tablename__ = "holds"
     __table_args__ = (
-        UniqueConstraint("job_id", name="uq_holds_job_id"),
+        # A job is its member's: the same job_id from two members is two jobs, two holds.
+        UniqueConstraint("wallet_id", "job_id", name="uq_holds_wallet_id_job_id"),
         CheckConstraint("amount > 0", name="amount_positive"),
         CheckConstraint("state IN ('held', 'captured', 'released')", name="state"),
         Index("ix_holds_state_expires_at", "state", "expires_at"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    job_id: Mapped[str] = mapped_column(String(128))
+    job_id: Mapped[str] = mapped_column(String(128), index=True)
     wallet_id: Mapped[int] = mapped_column(ForeignKey("wallets.id"), index=True)
     amount: Mapped[int] = mapped_column(BigInteger)
     state: Mapped[str] = mapped_column(String(16), default=HoldState.HELD.value)
@@ -225,11 +231,11 @@ class Hold(Base):
 
 
 class Job(Base):
-    """One send action, keyed by the producer's ``job_id``; filled by the worker."""
+    """One send action, keyed by its member and the producer's ``job_id``."""
 
     __tablename__ = "jobs"
     __table_args__ = (
-        UniqueConstraint("job_id", name="uq_jobs_job_id"),
+        UniqueConstraint("member_id", "job_id", name="uq_jobs_member_id_job_id"),
         CheckConstraint("cost >= 0", name="cost_non_negative"),
         Index("ix_jobs_status_updated_at", "status", "updated_at"),
         # Final jobs whose outcome event is not yet confirmed: a small, shrinking set.
@@ -242,8 +248,8 @@ class Job(Base):
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    job_id: Mapped[str] = mapped_column(String(128))
-    member_id: Mapped[int] = mapped_column(ForeignKey("members.id"), index=True)
+    job_id: Mapped[str] = mapped_column(String(128), index=True)
+    member_id: Mapped[int] = mapped_column(ForeignKey("members.id"))
     flow_id: Mapped[str | None] = mapped_column(String(128))
     step_id: Mapped[str | None] = mapped_column(String(128))
     action: Mapped[str] = mapped_column(String(32))
@@ -254,6 +260,11 @@ class Job(Base):
     catalog_version: Mapped[str] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(32))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # The id of the producer key that signed the job (``CREDITS_JOB_SIGNING_KEY``).
+    key_id: Mapped[str | None] = mapped_column(String(64))
+    # When the next attempt of a retried job is due; the resolver leaves the job alone
+    # until then, plus the longest redelivery delay.
+    next_attempt_at: Mapped[datetime | None] = mapped_column(Timestamp())
     # Times the re-publish sweep re-sent this job; past a limit the job is given up on.
     republished: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     vendor_ref: Mapped[str | None] = mapped_column(String(128))
@@ -274,13 +285,22 @@ class JobStatus(enum.StrEnum):
     REFUNDED = "refunded"
     REJECTED = "rejected"
     EXPIRED = "expired"
+    CANCELLED = "cancelled"
+
+    @property
+    def final(self) -> bool:
+        return self in FINAL_JOB_STATUSES
 
 
-FINAL_JOB_STATUSES = (
-    JobStatus.COMPLETED,
-    JobStatus.REFUNDED,
-    JobStatus.REJECTED,
-    JobStatus.EXPIRED,
+# The one definition of "final": no step, sweep or redelivery changes these again.
+FINAL_JOB_STATUSES = frozenset(
+    {
+        JobStatus.COMPLETED,
+        JobStatus.REFUNDED,
+        JobStatus.REJECTED,
+        JobStatus.EXPIRED,
+        JobStatus.CANCELLED,
+    }
 )
 
 
@@ -307,5 +327,24 @@ class DeadLetter(Base):
     task_name: Mapped[str | None] = mapped_column(String(200))
     message_id: Mapped[str | None] = mapped_column(String(200))
     job_id: Mapped[str | None] = mapped_column(String(128), index=True)
-    body: Mapped[str | None] = mapped_column(Text)
+    member_id: Mapped[int | None] = mapped_column(BigInteger)
+    queue: Mapped[str | None] = mapped_column(String(200))
+    body: Mapped[str | None] = mapped_column(Text)  # readable text, escaped if need be
+    raw: Mapped[bytes | None] = mapped_column(LargeBinary)  # the bytes exactly as received
     received_at: Mapped[datetime] = mapped_column(Timestamp(), default=utcnow)
+
+
+class IdempotentRequest(Base):
+    """The result of a keyed request that is not a ledger movement (creating an account, a
+    workspace or a member): a retry with the same key replays it instead of creating a
+    second one. Keys are scoped (``account:7``, ``support``), like the ledger's."""
+
+    __tablename__ = "idempotent_requests"
+    __table_args__ = (UniqueConstraint("scope", "key", name="uq_idempotent_requests_scope_key"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    scope: Mapped[str] = mapped_column(String(64))
+    key: Mapped[str] = mapped_column(String(128))
+    request_hash: Mapped[str] = mapped_column(String(64))
+    result: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(Timestamp(), default=utcnow)

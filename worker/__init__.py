@@ -1,7 +1,7 @@
-"""The Celery side: ``celery -A worker worker`` runs :data:`app`."""
+"""The Celery side: the app, thin tasks on a base class that owns retries, the send
+pipeline, the recovery sweeps and the fulfilment adapter.
 
-from worker.app import create_app
-
-app = create_app()
-
-__all__ = ["app", "create_app"]
+Importing this package builds nothing. ``celery -A worker`` finds the app in
+:mod:`worker.celery`, which builds it from the environment; code that wants an app for
+other settings (the demo, tests) calls :func:`worker.factory.create_app`.
+"""

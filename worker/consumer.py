@@ -12,7 +12,7 @@ from typing import Any
 
 from celery.worker.consumer import Consumer
 
-from shared.services import jobs
+from shared.services.dead_letters import record_dead_letter
 from worker.resources import resources_for
 
 log = logging.getLogger("credits.consumer")
@@ -38,12 +38,14 @@ class DeadLetteringConsumer(Consumer):
     def _keep(self, message: Any, reason: str) -> None:
         try:
             headers = getattr(message, "headers", None) or {}
-            jobs.record_dead_letter(
+            delivery = getattr(message, "delivery_info", None) or {}
+            record_dead_letter(
                 resources_for(self.app.credits_settings).db,
                 reason,
                 body=message.body,
-                task_name=str(headers.get("task"))[:200] if headers.get("task") else None,
-                message_id=str(headers.get("id"))[:200] if headers.get("id") else None,
+                task_name=headers.get("task"),
+                message_id=headers.get("id"),
+                queue=delivery.get("routing_key"),
             )
         except Exception:  # never let bookkeeping of a bad message stop the consumer
             log.exception("could not record dead letter: %s", reason)

@@ -13,6 +13,7 @@ from typing import Any
 from redis.exceptions import LockError
 
 log = logging.getLogger(__name__)
+LOCK_POLL_S = 0.005
 
 
 class Locks:
@@ -31,9 +32,9 @@ class Locks:
             yield ok
 
     @contextmanager
-    def job(self, job_id: str) -> Iterator[bool]:
+    def job(self, member_id: int, job_id: str) -> Iterator[bool]:
         """At most one delivery of a job runs at a time; a second yields False at once."""
-        with self._hold("job", job_id, self.job_timeout_s, None) as ok:
+        with self._hold("job", f"{member_id}:{job_id}", self.job_timeout_s, None) as ok:
             yield ok
 
     @contextmanager
@@ -44,6 +45,9 @@ class Locks:
         lock = self.redis.lock(
             self.prefix + name,
             timeout=timeout_s,
+            # A waiter polls: often enough that a busy member's reservations (a few ms
+            # each) follow one another closely, rarely enough not to load Redis.
+            sleep=LOCK_POLL_S,
             blocking=wait_s is not None,
             blocking_timeout=wait_s,
             thread_local=False,

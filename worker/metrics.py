@@ -67,6 +67,9 @@ def _metrics() -> Any:
             ["operation", "outcome"], buckets=LATENCY_BUCKETS_S,
         )  # fmt: skip
         sweeps = Counter("credits_sweep_runs_total", "Recovery sweep runs.", ["sweep"])
+        retries = Counter(
+            "credits_task_retries_total", "Task retries by reason.", ["task", "reason"]
+        )
 
     return M
 
@@ -93,6 +96,10 @@ def vendor_call(operation: str, outcome: str, seconds: float) -> None:
 
 def sweep_ran(name: str) -> None:
     _m().sweeps.labels(name).inc()
+
+
+def task_retried(task: str, reason: str) -> None:
+    _m().retries.labels(task, reason).inc()
 
 
 class LedgerCollector:
@@ -153,8 +160,8 @@ def start_server(settings: Any, db: Any, redis: Any) -> None:
 
         registry = REGISTRY
     registry.register(LedgerCollector(db, redis, settings.key_prefix))
-    start_http_server(settings.metrics_port, registry=registry)
-    log.info("metrics on :%d/metrics", settings.metrics_port)
+    start_http_server(settings.metrics_port, addr=settings.metrics_addr, registry=registry)
+    log.info("metrics on %s:%d/metrics", settings.metrics_addr, settings.metrics_port)
 
 
 def cleanup() -> None:

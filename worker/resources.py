@@ -1,4 +1,4 @@
-"""Per-process resources: database, Redis, event stream, provider, catalog, locks.
+"""Per-process resources: database, Redis, event stream, provider, catalog, locks, keys.
 
 Prefork children must not share sockets with their parent, so everything is created
 lazily in the process that uses it, keyed by pid. ``memory://`` stands in for Redis with
@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
+from shared.adapters.events import EventStream
+from shared.adapters.redis_client import make_redis
+from shared.client import CreditsClient
 from shared.config import Settings
 from shared.db import Database
-from shared.events import EventStream
 from shared.pricing import Catalog, catalog_from_settings
-from shared.redis_client import make_redis
 from worker import metrics
-from worker.fulfilment import FulfilmentProvider, StubProvider, StubRates
+from worker.fulfilment import FulfilmentProvider, make_provider
 from worker.locks import Locks
 
 _LOCK = threading.Lock()
@@ -55,12 +56,24 @@ class Resources:
 
     @cached_property
     def provider(self) -> FulfilmentProvider:
-        rates = StubRates.from_settings(self.settings)
-        return StubProvider(self.redis, rates, prefix=self.settings.key_prefix)
+        vendor_store = self.settings.vendor_store_url
+        redis = self.redis if vendor_store == self.settings.redis_url else make_redis(vendor_store)
+        return make_provider(self.settings, redis)
+
+    @cached_property
+    def client(self) -> CreditsClient:
+        """For re-sending jobs (sweeps): signed with this worker's key, like any producer."""
+        return CreditsClient(settings=self.settings)
+
+    @cached_property
+    def verify_keys(self) -> dict[str, str]:
+        return self.settings.verify_keys()
 
     def close(self) -> None:
         if "db" in self.__dict__:
             self.db.dispose()
+        if "client" in self.__dict__:
+            self.client.close()
 
 
 _BY_PROCESS: dict[tuple[int, int], Resources] = {}

@@ -41,11 +41,11 @@ class Balance:
         return asdict(self) | {"total": self.total}
 
 
-def _owner(session: Session, kind: str, owner_id: int):
+def _owner(session: Session, kind: str, owner_id: int, actor: Actor):
     getters = {"account": get_account, "workspace": get_workspace, "member": get_member}
     if kind not in getters:
         raise InvalidRequest(f"balances belong to an account, workspace or member, not {kind!r}")
-    return getters[kind](session, owner_id)
+    return getters[kind](session, owner_id, actor=actor)
 
 
 def _require_reader(session: Session, actor: Actor, kind: str, row) -> None:
@@ -59,7 +59,7 @@ def _require_reader(session: Session, actor: Actor, kind: str, row) -> None:
 
 def balance(db: Database, kind: str, owner_id: int, *, actor: Actor = SUPPORT) -> Balance:
     with db.unit_of_work() as session:
-        row = _owner(session, kind, owner_id)
+        row = _owner(session, kind, owner_id, actor)
         _require_reader(session, actor, kind, row)
         wallet = session.get(Wallet, row.wallet_id)
         return Balance(kind, row.id, row.name, wallet.id, wallet.available, wallet.held)
@@ -68,7 +68,7 @@ def balance(db: Database, kind: str, owner_id: int, *, actor: Actor = SUPPORT) -
 def tree(db: Database, account_id: int, *, actor: Actor = SUPPORT) -> dict[str, object]:
     """The account pool, each workspace pool, each member, and the totals, in one snapshot."""
     with db.unit_of_work() as session:
-        account = get_account(session, account_id)
+        account = get_account(session, account_id, actor=actor)
         require_account_reader(session, actor, account_id, f"account {account_id}'s tree")
         wallets = _wallets_of_account(session, account)
         pool = wallets[account.wallet_id]
@@ -81,7 +81,9 @@ def tree(db: Database, account_id: int, *, actor: Actor = SUPPORT) -> dict[str, 
             ws_wallet = wallets[ws.wallet_id]
             members = []
             for m in session.scalars(
-                select(Member).where(Member.workspace_id == ws.id).order_by(Member.id)
+                select(Member)
+                .where(Member.workspace_id == ws.id, Member.active.is_(True))
+                .order_by(Member.id)
             ):
                 mw = wallets[m.wallet_id]
                 members.append(
@@ -135,7 +137,7 @@ def history(
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_HISTORY_PAGE:
         raise InvalidRequest(f"limit must be from 1 to {MAX_HISTORY_PAGE}, got {limit!r}")
     with db.unit_of_work() as session:
-        row = _owner(session, kind, owner_id)
+        row = _owner(session, kind, owner_id, actor)
         _require_reader(session, actor, kind, row)
         query = (
             select(LedgerEntry, LedgerTransaction)
@@ -148,6 +150,7 @@ def history(
             query = query.where(LedgerEntry.id < before)
         rows = session.execute(query).all()
         page = rows[:limit]
+        names = _member_names(session, [txn.actor for _entry, txn in page])
         entries = [
             {
                 "entry_id": entry.id,
@@ -158,6 +161,7 @@ def history(
                 "balance_after": entry.balance_after,
                 "job_id": txn.job_id,
                 "actor": txn.actor,
+                "by": _by(txn, names),
                 "at": entry.created_at.isoformat(),
             }
             for entry, txn in page
@@ -170,3 +174,20 @@ def history(
             "entries": entries,
             "next_before": next_before,
         }
+
+
+def _member_names(session: Session, actors: list[str]) -> dict[int, str]:
+    ids = {int(a.split(":", 1)[1]) for a in actors if a.startswith("member:")}
+    if not ids:
+        return {}
+    return dict(session.execute(select(Member.id, Member.name).where(Member.id.in_(ids))).all())
+
+
+def _by(txn: LedgerTransaction, names: dict[int, str]) -> str:
+    """Who did it, for people: support, a member by name, or the pipeline for a job."""
+    if txn.actor.startswith("member:"):
+        member_id = int(txn.actor.split(":", 1)[1])
+        return f"{names.get(member_id, 'member')} (member {member_id})"
+    if txn.actor == "pipeline" and txn.job_id:
+        return f"pipeline for job {txn.job_id}"
+    return txn.actor

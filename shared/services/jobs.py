@@ -1,29 +1,35 @@
-"""Send-action jobs: record, reserve, submit, and resolve them, one unit of work per step.
+"""Send-action jobs: the state machine, one unit of work per step.
 
-The worker calls these in order; each step is a conditional state change, so a
-redelivered message, a retry or a second worker replays what is done and moves on:
+A job is identified by its member and the producer's ``job_id``: the same job_id from two
+members is two jobs. The worker runs two steps on the happy path, with the vendor call
+between them, outside any transaction:
+
+    accept:  record ──> price ──> hold ──> submitted        (one transaction)
+    settle:  capture ──> completed   or   release ──> refunded
 
     received ──> reserved ──> submitted ──> completed   (hold captured)
         │            ^             └──────> refunded    (hold released)
-        │            │
-        ├──> awaiting_credits ──> expired                 (no hold was taken)
-        └──> rejected                                     (never priced: nothing charged)
+        ├──> awaiting_credits ──> expired | cancelled   (no hold was taken)
+        └──> rejected                                    (never priced: nothing charged)
 
-The vendor is never called from here: the worker calls it between two of these steps,
-outside any transaction.
+Every step is a conditional state change on a row locked FOR UPDATE, so a redelivered
+message, a retry, a second worker or a sweep replays what is done and moves on. Outcomes
+that a flow engine must hear (final or parked) go to ``notify`` after the commit.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from itertools import pairwise
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
-from sqlalchemy.orm.attributes import set_committed_value
 
-from shared.db import Database
+from shared.db import Database, UnitOfWork
 from shared.errors import (
     IdempotencyConflict,
     InsufficientCredits,
@@ -33,8 +39,6 @@ from shared.errors import (
 )
 from shared.models import (
     FINAL_JOB_STATUSES,
-    DeadLetter,
-    Hold,
     HoldState,
     Job,
     JobStatus,
@@ -46,18 +50,22 @@ from shared.models import (
 from shared.pricing import Catalog, quote
 from shared.schemas import Job as JobSpec
 from shared.schemas import content_hash, job_dict, price_fields
-from shared.services.auth import SUPPORT, Actor, require_member_reader
-from shared.services.directory import get_workspace
-from shared.services.ledger import HoldResult, hold_in, resolve_in, run_idempotent
+from shared.services.holds import HoldResult, hold_in, resolve_in
+from shared.services.idempotency import run_idempotent
+from shared.services.row_locks import lock_job
 
-MAX_ERROR_LEN = 1000
-MAX_DEAD_LETTER_BODY = 64 * 1024
+JOB_CONSTRAINT = "uq_jobs_member_id_job_id"
+MAX_ERROR_LEN = 1000  # job_transitions.detail and jobs.last_error are cut to this
+
+S = JobStatus
+SETTLEABLE = (S.SUBMITTED, S.RESERVED)
 
 
 @dataclass(frozen=True)
 class JobView:
     """A job as the pipeline and the flow engine see it, with the member's balance."""
 
+    pk: int
     job_id: str
     member_id: int
     action: str
@@ -68,7 +76,6 @@ class JobView:
     flow_id: str | None
     step_id: str | None
     source: str
-    payload: dict[str, Any]
     available: int | None = None
     held: int | None = None
     changed: bool = True  # False when this call found the step already done
@@ -77,6 +84,10 @@ class JobView:
     @property
     def final(self) -> bool:
         return self.status in FINAL_JOB_STATUSES
+
+    @property
+    def parked(self) -> bool:
+        return self.status == S.AWAITING_CREDITS
 
     def event_fields(self) -> dict[str, Any]:
         return {
@@ -92,25 +103,25 @@ class JobView:
         }
 
 
+# Called after the commit with every final or parked outcome, replays included (the event
+# stream drops repeats), so a redelivery after a crash before the event still tells.
+Notify = Callable[[JobView], None]
+
+
+def cut(text: str | None) -> str | None:
+    return None if text is None else text[:MAX_ERROR_LEN]
+
+
 def view_of(
-    session: Session,
-    job: Job,
+    job: Any,
     *,
     changed: bool = True,
     detail: str | None = None,
-    balances: HoldResult | None = None,
-    read_balances: bool = True,
+    balances: HoldResult | Any | None = None,
 ) -> JobView:
-    """The job with its member's balance: from ``balances`` when a ledger step just
-    returned them, else read (one query); not at all for a step no event reports."""
-    wallet = balances
-    if wallet is None and read_balances:
-        wallet = session.execute(
-            select(Wallet.available, Wallet.held)
-            .join(Member, Member.wallet_id == Wallet.id)
-            .where(Member.id == job.member_id)
-        ).one()
+    """A view of a job row (ORM object or Core row) with the balances given, if any."""
     return JobView(
+        job.id,
         job.job_id,
         job.member_id,
         job.action,
@@ -121,94 +132,164 @@ def view_of(
         job.flow_id,
         job.step_id,
         job.source,
-        job.payload,
-        wallet.available if wallet else None,
-        wallet.held if wallet else None,
+        balances.available if balances is not None else None,
+        balances.held if balances is not None else None,
         changed,
         detail or job.last_error,
     )
 
 
-def get_job(session: Session, job_id: str, *, lock: bool = False) -> Job:
-    """The job row; with ``lock``, held FOR UPDATE until commit, so a sweep (which claims
-    with SKIP LOCKED) or a second delivery cannot change it between our read and write."""
-    query = select(Job).where(Job.job_id == job_id).execution_options(populate_existing=True)
-    job = session.scalar(query.with_for_update() if lock else query)
-    if job is None:
-        raise NotFound("job", job_id)
-    return job
+def with_balances(session: Session, view: JobView) -> JobView:
+    """The view with its member's current balance (one query), for an event."""
+    wallet = session.execute(
+        select(Wallet.available, Wallet.held)
+        .join(Member, Member.wallet_id == Wallet.id)
+        .where(Member.id == view.member_id)
+    ).one()
+    return replace(view, available=wallet.available, held=wallet.held)
+
+
+def tell(session: UnitOfWork, view: JobView, notify: Notify | None) -> JobView:
+    """Hand a final or parked outcome to ``notify`` once the transaction has committed."""
+    if notify is not None and (view.final or view.parked):
+        if view.available is None:
+            view = with_balances(session, view)
+        session.after_commit(lambda: notify(view))
+    return view
 
 
 def move_job(
     session: Session,
-    job: Job,
+    job: Any,
     to: JobStatus,
     allowed_from: tuple[JobStatus, ...],
     *,
     detail: str | None = None,
+    via: tuple[JobStatus, ...] = (),
     **values: Any,
-) -> bool:
-    """Change a job's status only if it is still in ``allowed_from``; record the transition.
+) -> Any | None:
+    """Change a job's status only if it is still in ``allowed_from``, and log the change
+    (through the statuses in ``via`` first, so the history shows every step).
 
-    The in-session ``job`` is updated only when the row really changed: the ORM's own
-    synchronisation would set it even when the WHERE matched nothing.
+    Returns the job row as it now is, or None when the row was no longer in
+    ``allowed_from`` (someone else moved it first).
     """
-    now, before = utcnow(), job.status
-    new_values = {"status": to.value, "updated_at": now, **values}
-    changed = session.execute(
+    now = utcnow()
+    row = session.execute(
         update(Job)
         .where(Job.id == job.id, Job.status.in_([s.value for s in allowed_from]))
-        .values(**new_values)
-        .returning(Job.id)
+        .values(status=to.value, updated_at=now, **values)
+        .returning(*Job.__table__.c)
         .execution_options(synchronize_session=False)
     ).one_or_none()
-    if changed is None:
-        return False
-    for key, value in new_values.items():
-        set_committed_value(job, key, value)
-    session.add(
-        JobTransition(job_pk=job.id, from_status=before, to_status=to.value, detail=detail, at=now)
+    if row is None:
+        return None
+    steps = [job.status, *(s.value for s in via), to.value]
+    session.execute(
+        insert(JobTransition),
+        [
+            {
+                "job_pk": job.id,
+                "from_status": a,
+                "to_status": b,
+                "at": now,
+                "detail": cut(detail) if b == to.value else None,
+            }
+            for a, b in pairwise(steps)
+        ],
     )
-    return True
+    return row
 
 
-def _must_move(session: Session, job: Job, to: JobStatus, allowed: tuple, **kwargs: Any) -> None:
+def _must_move(session: Session, job: Any, to: JobStatus, allowed: tuple, **kwargs: Any) -> Any:
     """``move_job`` on a row we hold FOR UPDATE: refusing to move means a broken rule, and
     raising rolls back everything this transaction did (a hold, a capture)."""
-    if not move_job(session, job, to, allowed, **kwargs):
+    row = move_job(session, job, to, allowed, **kwargs)
+    if row is None:
         raise InvariantViolation(f"job {job.job_id!r} left {allowed} under our row lock")
+    return row
 
 
-# ---------------------------------------------------------------- 1. record
+# ---------------------------------------------------------------- 1. accept
 
 
-def receive(db: Database, spec: JobSpec, catalog: Catalog) -> JobView:
-    """Insert the job, or match it against the one already recorded under its job_id.
+@dataclass(frozen=True)
+class Priced:
+    cost: int
+    catalog_version: str
+    error: str | None  # why it could not be priced: the job is rejected, nobody charged
 
-    Same content: returns the existing job unchanged (``changed`` False). Different
-    content: IdempotencyConflict. Unknown member: NotFound. A job that cannot be priced
-    (say, a gift denomination the catalog does not offer) is recorded as ``rejected``.
+
+def price(spec: JobSpec, catalog: Catalog) -> Priced:
+    try:
+        found = quote(spec.action, catalog=catalog, **price_fields(spec))
+    except InvalidRequest as exc:
+        return Priced(0, catalog.version, cut(str(exc)))
+    return Priced(found.credits, found.catalog_version, None)
+
+
+def accept(
+    db: Database,
+    spec: JobSpec,
+    catalog: Catalog,
+    *,
+    hold_ttl_s: float,
+    max_wait_s: float,
+    attempt_window_s: float,
+    key_id: str | None = None,
+    notify: Notify | None = None,
+) -> JobView:
+    """Record the job, price it, hold its cost and mark it submitted: one transaction.
+
+    Call it under the member's lock: the lock orders reservations, the conditional UPDATE
+    in the ledger is what keeps the wallet from going negative.
+
+    - a new job is recorded (a job that cannot be priced is recorded ``rejected``);
+    - the same member and job_id with the same content replays; with other content it is
+      an IdempotencyConflict, and an unknown or deactivated member is NotFound;
+    - a job the member cannot pay for yet is parked as ``awaiting_credits``;
+    - a job already ``submitted`` (a retry) counts one more vendor attempt.
+    The result is ``submitted`` when the caller should now call the vendor; the job then
+    records that this attempt may run for ``attempt_window_s`` (the resolver waits).
     """
     digest = content_hash(spec)
+    priced = price(spec, catalog)
 
-    def work(session: Session) -> JobView:
-        existing = session.scalar(select(Job).where(Job.job_id == spec.job_id))
-        if existing is not None:
-            if existing.content_hash != digest:
-                raise IdempotencyConflict(
-                    f"job_id {spec.job_id!r} was already received with different content"
-                )
-            return view_of(session, existing, changed=False)
-        if session.get(Member, spec.member_id) is None:
-            raise NotFound("member", spec.member_id)
-        status, cost, version, error = JobStatus.RECEIVED, 0, catalog.version, None
-        try:
-            price = quote(spec.action, catalog=catalog, **price_fields(spec))
-            cost, version = price.credits, price.catalog_version
-        except InvalidRequest as exc:
-            status, error = JobStatus.REJECTED, str(exc)[:MAX_ERROR_LEN]
-        now = utcnow()
-        job = Job(
+    def work(session: UnitOfWork) -> JobView:
+        wallet_id = _active_member_wallet(session, spec.member_id)
+        job, created = _record(session, spec, digest, priced, key_id)
+        window = utcnow() + timedelta(seconds=attempt_window_s)
+        if job.status in (S.RECEIVED, S.AWAITING_CREDITS):
+            return _reserve_and_submit(session, job, wallet_id, hold_ttl_s, max_wait_s,
+                                       window, notify)  # fmt: skip
+        if job.status in (S.RESERVED, S.SUBMITTED):
+            return _count_attempt(session, job, window)
+        return tell(session, view_of(job, changed=created), notify)
+
+    return run_idempotent(db, JOB_CONSTRAINT, work, replay_refusals=False)
+
+
+def _active_member_wallet(session: Session, member_id: int) -> int:
+    row = session.execute(
+        select(Member.wallet_id).where(Member.id == member_id, Member.active.is_(True))
+    ).one_or_none()
+    if row is None:
+        raise NotFound("member", member_id)
+    return row.wallet_id
+
+
+def _insert_ignore(session: Session):
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    return dialect.insert(Job).on_conflict_do_nothing(index_elements=["member_id", "job_id"])
+
+
+def _record(session: Session, spec: JobSpec, digest: str, priced: Priced, key_id: str | None):
+    """Insert the job, or lock and match the one already recorded; (row, created)."""
+    now = utcnow()
+    status = S.REJECTED if priced.error else S.RECEIVED
+    row = session.execute(
+        _insert_ignore(session)
+        .values(
             job_id=spec.job_id,
             member_id=spec.member_id,
             flow_id=spec.flow_id,
@@ -217,251 +298,176 @@ def receive(db: Database, spec: JobSpec, catalog: Catalog) -> JobView:
             source=spec.source,
             payload=job_dict(spec),
             content_hash=digest,
-            cost=cost,
-            catalog_version=version,
+            cost=priced.cost,
+            catalog_version=priced.catalog_version,
             status=status.value,
             attempts=0,
-            last_error=error,
+            republished=0,
+            key_id=key_id,
+            last_error=priced.error,
             created_at=now,
             updated_at=now,
         )
-        session.add(job)
-        session.flush()  # uq_jobs_job_id decides a race between two deliveries
-        session.add(JobTransition(job_pk=job.id, to_status=status.value, detail=error, at=now))
-        return view_of(session, job, read_balances=status == JobStatus.REJECTED)
-
-    return run_idempotent(db, "uq_jobs_job_id", work)
-
-
-# ---------------------------------------------------------------- 2. reserve
-
-
-def reserve(db: Database, job_id: str, *, hold_ttl_s: float, max_wait_s: float) -> JobView:
-    """Take the job's hold, or park it as ``awaiting_credits`` when the member is short.
-
-    Call this under the member's lock: the lock orders reservations, the conditional
-    UPDATE in the ledger is what keeps the wallet from going negative.
-    """
-
-    def work(session: Session) -> JobView:
-        job = get_job(session, job_id, lock=True)
-        if job.status not in (JobStatus.RECEIVED, JobStatus.AWAITING_CREDITS):
-            return view_of(session, job, changed=False)
-        held = None
-        if job.cost > 0:
-            try:
-                # No savepoint needed: a refused hold has written nothing (ledger.post).
-                held = hold_in(session, job.job_id, job.member_id, job.cost, ttl_s=hold_ttl_s)
-            except InsufficientCredits as exc:
-                return _park(session, job, str(exc), max_wait_s)
-        _must_move(
-            session, job, JobStatus.RESERVED, (JobStatus.RECEIVED, JobStatus.AWAITING_CREDITS)
+        .returning(*Job.__table__.c)
+    ).one_or_none()
+    if row is not None:
+        session.execute(
+            insert(JobTransition).values(
+                job_pk=row.id, to_status=row.status, detail=priced.error, at=now
+            )
         )
-        return view_of(session, job, balances=held)
-
-    return run_idempotent(db, "uq_holds_job_id", work)
-
-
-def _park(session: Session, job: Job, reason: str, max_wait_s: float) -> JobView:
-    if job.status == JobStatus.AWAITING_CREDITS:
-        return view_of(session, job, changed=False, detail=reason)
-    expires = utcnow() + timedelta(seconds=max_wait_s)
-    _must_move(
-        session,
-        job,
-        JobStatus.AWAITING_CREDITS,
-        (JobStatus.RECEIVED,),
-        detail=reason,
-        wait_expires_at=expires,
-    )
-    return view_of(session, job, detail=reason)
-
-
-# ---------------------------------------------------------------- 3. submit
-
-
-def mark_submitted(db: Database, job_id: str) -> JobView:
-    """Record the intent to call the vendor, before calling it: a crash after this point
-    leaves a ``submitted`` job that the resolver settles through the vendor's status."""
-    with db.unit_of_work() as session:
-        job = get_job(session, job_id, lock=True)
-        if job.status not in (JobStatus.RESERVED, JobStatus.SUBMITTED):
-            return view_of(session, job, changed=False)
-        attempts = job.attempts + 1
-        if job.status == JobStatus.SUBMITTED:
-            job.attempts = attempts
-            job.updated_at = utcnow()
-            session.flush()
-            return view_of(session, job, read_balances=False)
-        _must_move(session, job, JobStatus.SUBMITTED, (JobStatus.RESERVED,), attempts=attempts)
-        return view_of(session, job, read_balances=False)
-
-
-def note_error(db: Database, job_id: str, error: str) -> JobView:
-    """Record the vendor's last error on the job; returns the job as it now stands."""
-    with db.unit_of_work() as session:
-        job = get_job(session, job_id)
-        job.last_error = error[:MAX_ERROR_LEN]
-        job.updated_at = utcnow()
-        session.flush()
-        return view_of(session, job, changed=False)
-
-
-# ---------------------------------------------------------------- 4. resolve
-
-
-def complete(db: Database, job_id: str, *, vendor_ref: str | None = None) -> JobView:
-    """The vendor delivered: capture the hold and mark the job completed, exactly once."""
-    return _finish(db, job_id, JobStatus.COMPLETED, HoldState.CAPTURED, vendor_ref=vendor_ref)
-
-
-def refund(db: Database, job_id: str, *, reason: str) -> JobView:
-    """The vendor refused the job for good: release the hold and mark it refunded."""
-    return _finish(db, job_id, JobStatus.REFUNDED, HoldState.RELEASED, reason=reason)
-
-
-def _finish(
-    db: Database,
-    job_id: str,
-    to: JobStatus,
-    hold_outcome: HoldState,
-    *,
-    vendor_ref: str | None = None,
-    reason: str | None = None,
-) -> JobView:
-    with db.unit_of_work() as session:
-        job = get_job(session, job_id, lock=True)
-        if job.status == to:
-            return view_of(session, job, changed=False)
-        if job.status not in (JobStatus.SUBMITTED, JobStatus.RESERVED):
-            raise InvariantViolation(f"job {job_id!r} is {job.status}; it cannot become {to}")
-        resolved = resolve_in(session, job_id, hold_outcome) if job.cost > 0 else None
-        values: dict[str, Any] = {"vendor_ref": vendor_ref} if vendor_ref else {}
-        if reason:
-            values["last_error"] = reason[:MAX_ERROR_LEN]
-        allowed = (JobStatus.SUBMITTED, JobStatus.RESERVED)
-        _must_move(session, job, to, allowed, detail=reason, **values)
-        return view_of(session, job, balances=resolved)
-
-
-# ---------------------------------------------------------------- dead letters and lookups
-
-
-def record_dead_letter(
-    db: Database,
-    reason: str,
-    *,
-    body: str | bytes | None = None,
-    task_name: str | None = None,
-    message_id: str | None = None,
-    job_id: str | None = None,
-) -> int:
-    with db.unit_of_work() as session:
-        letter = DeadLetter(
-            reason=reason[:MAX_ERROR_LEN],
-            body=None if body is None else printable(body)[:MAX_DEAD_LETTER_BODY],
-            task_name=task_name,
-            message_id=message_id,
-            job_id=job_id[:128] if job_id else None,
-            received_at=utcnow(),
+        return row, True
+    existing = session.execute(
+        select(*Job.__table__.c)
+        .where(Job.member_id == spec.member_id, Job.job_id == spec.job_id)
+        .with_for_update()
+    ).one()
+    if existing.content_hash != digest:
+        raise IdempotencyConflict(
+            f"job_id {spec.job_id!r} of member {spec.member_id} was already received "
+            "with different content"
         )
-        session.add(letter)
-        session.flush()
-        return letter.id
+    return existing, False
 
 
-def printable(raw: str | bytes) -> str:
-    """Text any database can store: valid UTF-8 as is, anything else (or a NUL) escaped."""
-    if isinstance(raw, bytes):
+def _reserve_and_submit(
+    session: UnitOfWork, job: Any, wallet_id: int, ttl_s: float, max_wait_s: float,
+    window: datetime, notify: Notify | None,
+) -> JobView:  # fmt: skip
+    held = None
+    if job.cost > 0:
         try:
-            raw = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            return repr(raw)
-    return raw if "\x00" not in raw else repr(raw)
+            # No savepoint needed: a refused hold has written nothing (posting.post).
+            held = hold_in(session, job.job_id, wallet_id, job.cost, ttl_s=ttl_s)
+        except InsufficientCredits as exc:
+            return _park(session, job, str(exc), max_wait_s, notify)
+    row = _must_move(
+        session, job, S.SUBMITTED, (S.RECEIVED, S.AWAITING_CREDITS),
+        via=(S.RESERVED,), attempts=job.attempts + 1, wait_expires_at=None,
+        next_attempt_at=window, last_error=None,
+    )  # fmt: skip
+    return view_of(row, balances=held)
 
 
-def dead_letters(db: Database, *, limit: int = 50) -> list[dict[str, Any]]:
+def _park(session: UnitOfWork, job: Any, reason: str, max_wait_s: float, notify) -> JobView:
+    if job.status == S.AWAITING_CREDITS:
+        return tell(session, view_of(job, changed=False, detail=reason), notify)
+    expires = utcnow() + timedelta(seconds=max_wait_s)
+    row = _must_move(
+        session, job, S.AWAITING_CREDITS, (S.RECEIVED,), detail=reason,
+        wait_expires_at=expires, last_error=cut(reason),
+    )  # fmt: skip
+    return tell(session, view_of(row, detail=reason), notify)
+
+
+def _count_attempt(session: Session, job: Any, window: datetime) -> JobView:
+    """One more vendor attempt of a job already holding its credits (a retry)."""
+    row = _must_move(
+        session, job, S.SUBMITTED, (S.RESERVED, S.SUBMITTED),
+        attempts=job.attempts + 1, next_attempt_at=window,
+    )  # fmt: skip
+    return view_of(row, changed=job.status != S.SUBMITTED)
+
+
+# ---------------------------------------------------------------- 2. settle
+
+
+def complete(
+    db: Database, pk: int, *, vendor_ref: str | None = None, notify: Notify | None = None
+) -> JobView:
+    """The vendor delivered: capture the hold and mark the job completed, exactly once."""
+    values = {"vendor_ref": vendor_ref} if vendor_ref else {}
+    return _settle(db, pk, S.COMPLETED, HoldState.CAPTURED, notify, last_error=None, **values)
+
+
+def refund(db: Database, pk: int, *, reason: str, notify: Notify | None = None) -> JobView:
+    """The vendor refused the job for good (or never got it): release the hold, refunded."""
+    return _settle(
+        db, pk, S.REFUNDED, HoldState.RELEASED, notify, detail=reason, last_error=cut(reason)
+    )
+
+
+def _settle(db: Database, pk: int, to: JobStatus, outcome: HoldState, notify, **values):
     with db.unit_of_work() as session:
-        rows = session.scalars(select(DeadLetter).order_by(DeadLetter.id.desc()).limit(limit))
-        return [
-            {
-                "id": r.id,
-                "reason": r.reason,
-                "job_id": r.job_id,
-                "task_name": r.task_name,
-                "message_id": r.message_id,
-                "received_at": r.received_at.isoformat(),
-            }
-            for r in rows
-        ]
+        job = lock_job(session, pk)
+        if job.status == to:
+            view = tell(session, view_of(job, changed=False), notify)
+        elif job.status not in SETTLEABLE:
+            raise InvariantViolation(f"job {job.job_id!r} is {job.status}; it cannot become {to}")
+        else:
+            resolved = None
+            if job.cost > 0:
+                wallet_id = session.scalar(
+                    select(Member.wallet_id).where(Member.id == job.member_id)
+                )
+                resolved = resolve_in(session, job.job_id, wallet_id, outcome)
+            row = _must_move(session, job, to, SETTLEABLE, **values)
+            view = tell(session, view_of(row, balances=resolved), notify)
+        session.commit()
+        return view
 
 
-def get_view(db: Database, job_id: str) -> JobView:
+def exists(db: Database, member_id: int, job_id: str) -> None:
+    """NotFound unless this member has a job with this job_id."""
     with db.unit_of_work() as session:
-        return view_of(session, get_job(session, job_id), changed=False)
-
-
-@dataclass(frozen=True)
-class JobReport:
-    """Everything ops ask about one job: state, cost, hold, and every state change."""
-
-    job: JobView
-    hold: dict[str, Any] | None
-    history: list[dict[str, Any]] = field(default_factory=list)
-    created_at: datetime | None = None
-    vendor_ref: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        job = self.job
-        return {
-            "job_id": job.job_id,
-            "member_id": job.member_id,
-            "action": job.action,
-            "status": job.status,
-            "final": job.final,
-            "cost": job.cost,
-            "catalog_version": job.catalog_version,
-            "attempts": job.attempts,
-            "flow_id": job.flow_id,
-            "step_id": job.step_id,
-            "source": job.source,
-            "vendor_ref": self.vendor_ref,
-            "last_error": job.detail,
-            "created_at": self.created_at.isoformat() if self.created_at else None,
-            "hold": self.hold,
-            "history": self.history,
-        }
-
-
-def job_report(db: Database, job_id: str, *, actor: Actor = SUPPORT) -> JobReport:
-    with db.unit_of_work() as session:
-        job = get_job(session, job_id)
-        member = session.get(Member, job.member_id)
-        require_member_reader(session, actor, member, get_workspace(session, member.workspace_id))
-        hold = session.scalar(select(Hold).where(Hold.job_id == job_id))
-        transitions = session.scalars(
-            select(JobTransition).where(JobTransition.job_pk == job.id).order_by(JobTransition.id)
+        found = session.scalar(
+            select(Job.id).where(Job.member_id == member_id, Job.job_id == job_id)
         )
-        return JobReport(
-            view_of(session, job, changed=False),
-            None
-            if hold is None
-            else {
-                "amount": hold.amount,
-                "state": hold.state,
-                "created_at": hold.created_at.isoformat(),
-                "expires_at": hold.expires_at.isoformat(),
-                "resolved_at": hold.resolved_at.isoformat() if hold.resolved_at else None,
-            },
-            [
-                {
-                    "from": t.from_status,
-                    "to": t.to_status,
-                    "at": t.at.isoformat(),
-                    "detail": t.detail,
-                }
-                for t in transitions
-            ],
-            job.created_at,
-            job.vendor_ref,
-        )
+        if found is None:
+            raise NotFound("job", job_id)
+
+
+def note_error(db: Database, pk: int, error: str, *, retry_at: datetime | None = None) -> JobView:
+    """Record the vendor's last error, and when the next attempt is due: ``retry_at`` for
+    a retry on its way, None when no worker will try again (the resolver's turn)."""
+    with db.unit_of_work() as session:
+        row = session.execute(
+            update(Job)
+            .where(Job.id == pk)
+            .values(last_error=cut(error), next_attempt_at=retry_at, updated_at=utcnow())
+            .returning(*Job.__table__.c)
+            .execution_options(synchronize_session=False)
+        ).one_or_none()
+        if row is None:
+            raise NotFound("job", pk)
+        session.commit()
+        return view_of(row, changed=False)
+
+
+def cancel(db: Database, member_id: int, job_id: str, *, actor, notify: Notify | None = None):
+    """Cancel a parked job: it holds nothing, so nothing is released; it ends ``cancelled``."""
+    from shared.services.job_reports import find_job  # reads obey the role rules
+
+    with db.unit_of_work() as session:
+        job = find_job(session, member_id, job_id, actor=actor, manage=True)
+        locked = lock_job(session, job.id)
+        if locked.status == S.CANCELLED:
+            view = view_of(locked, changed=False)
+        else:
+            row = move_job(session, locked, S.CANCELLED, (S.AWAITING_CREDITS,),
+                           detail=f"cancelled by {actor}", last_error=None)  # fmt: skip
+            if row is None:
+                raise InvalidRequest(
+                    f"job {job_id!r} is {locked.status}: only a job awaiting credits can be "
+                    "cancelled"
+                )
+            view = view_of(row)
+        view = tell(session, view, notify)
+        session.commit()
+        return view
+
+
+def cancel_parked_in(
+    session: UnitOfWork, member_id: int, reason: str, notify: Notify | None
+) -> int:
+    """Cancel every parked job of a member (deactivation); returns how many."""
+    parked = session.scalars(
+        select(Job)
+        .where(Job.member_id == member_id, Job.status == S.AWAITING_CREDITS.value)
+        .with_for_update()
+    ).all()
+    for job in parked:
+        row = _must_move(session, job, S.CANCELLED, (S.AWAITING_CREDITS,), detail=reason,
+                         last_error=None)  # fmt: skip
+        tell(session, view_of(row, detail=reason), notify)
+    return len(parked)

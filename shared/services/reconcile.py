@@ -23,6 +23,7 @@ from shared.models import (
     HoldState,
     Job,
     LedgerEntry,
+    Member,
     Wallet,
     WalletKind,
 )
@@ -37,6 +38,14 @@ class Drift:
     wallet_id: int | None = None
     expected: int | None = None
     actual: int | None = None
+
+    def __post_init__(self) -> None:
+        # PostgreSQL's SUM over BIGINT is NUMERIC (a Decimal in Python): credits are
+        # integers everywhere else, in JSON too.
+        for name in ("expected", "actual"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, int(value))
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -199,7 +208,8 @@ def _holds_of_finished_jobs(session: Session) -> list[Drift]:
     never be resolved by anyone (the resolver looks at submitted jobs)."""
     rows = session.execute(
         select(Hold.job_id, Hold.wallet_id, Hold.amount, Job.status)
-        .join(Job, Job.job_id == Hold.job_id)
+        .join(Member, Member.wallet_id == Hold.wallet_id)
+        .join(Job, (Job.job_id == Hold.job_id) & (Job.member_id == Member.id))
         .where(Hold.state == HoldState.HELD.value)
         .where(Job.status.in_([s.value for s in FINAL_JOB_STATUSES]))
         .limit(MAX_PROBLEMS)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import secrets
 import shutil
 import subprocess
 import sys
@@ -27,14 +28,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from sqlalchemy import func, select
 
-from shared.client import QUEUE_NAMES, CreditsClient, publish_job
+from entrypoints.cli import render
+from shared.client import CreditsClient
 from shared.config import Settings, load_settings
 from shared.db import Database
 from shared.migrations import upgrade
 from shared.models import Hold, HoldState, Job
+from shared.queues import QUEUE_NAMES
 from shared.services import balances, directory, ledger
 from shared.services.reconcile import reconcile
-from worker import sweeps
+from worker import recovery
 from worker.resources import resources_for
 
 DEMO_SEED = 2026
@@ -122,6 +125,8 @@ def make_job(rng: random.Random, n: int, member_id: int) -> dict[str, Any]:
 
 
 def build_world(db: Database) -> World:
+    # Keys are scoped to the account, and each run makes a new account: a second run on
+    # the same database is a second customer, not a conflict.
     account = directory.create_account(db, "Northwind Outreach")
     ledger.topup(db, account.id, 6000, key="demo-purchase")
     sales = directory.create_workspace(db, account.id, "Sales")
@@ -206,20 +211,19 @@ class Demo:
         """What beat does on a schedule, run by hand: top up, resume, resolve."""
         parked = self._counts()["awaiting_credits"]
         ledger.topup(self.db, world.account_id, 200, key="demo-topup-2")
-        ledger.allocate(self.db, "member", world.starved, amount=150)  # from the CS pool
+        # From the CS pool; the allocation asks the workers to resume her jobs at once.
+        ledger.allocate(self.db, "member", world.starved, amount=150,
+                        on_member_funded=self._resume)  # fmt: skip
         self.console.print(
             f"\n{parked} of Gia's jobs are parked: she was given only 6 credits. Support tops "
             "the account up by 200, her workspace admin gives her 150, and the recovery sweeps "
             "resume her jobs and ask the vendor about jobs whose reply timed out..."
         )
 
-        def publish(payload: dict, source: str) -> None:
-            publish_job(self.client._app, payload, source)
-
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            sweeps.resume_awaiting(self.res, publish)
-            sweeps.resolve_in_doubt(self.res)
+            recovery.resume_awaiting(self.res)
+            recovery.resolve_in_doubt(self.res)
             counts = self._counts()
             if (
                 counts["submitted"] == 0
@@ -229,12 +233,13 @@ class Demo:
                 return
             time.sleep(0.3)
 
+    def _resume(self, member_id: int) -> None:
+        recovery.resume_awaiting(self.res, member_id=member_id)
+
     def _report(self, world: World, elapsed_s: float) -> bool:
         tree = balances.tree(self.db, world.account_id)
-        from shared.cli import render_tree
-
         self.console.print()
-        render_tree(self.console, tree)
+        render.tree(self.console, tree)
         counts = self._counts()
         with self.db.unit_of_work() as session:
             by_state = dict(
@@ -275,6 +280,8 @@ def embedded_settings(database_url: str | None, redis_url: str | None) -> Settin
     else:
         base |= {"redis_url": redis_url, "broker_url": redis_url}
     base["key_prefix"] = f"demo{uuid.uuid4().hex[:6]}:"
+    # The demo is its own producer and worker: it makes a signing key for this run only.
+    base["job_signing_key"] = f"demo:{secrets.token_urlsafe(32)}"
     return load_settings(**base)
 
 
@@ -283,7 +290,7 @@ def thread_worker(settings: Settings) -> Iterator[None]:
     """A real Celery worker, thread pool, in this process: for the embedded mode."""
     from celery.contrib.testing.worker import start_worker
 
-    from worker.app import create_app
+    from worker.factory import create_app
 
     app = create_app(settings)
     options = {
@@ -317,7 +324,9 @@ def process_worker(settings: Settings) -> Iterator[None]:
 
 def settings_env(settings: Settings) -> dict[str, str]:
     data = settings.model_dump(exclude_none=True)
-    return {f"CREDITS_{k.upper()}": str(v) for k, v in data.items()}
+    env = {f"CREDITS_{k.upper()}": str(v) for k, v in data.items()}
+    env["CREDITS_JOB_SIGNING_KEY"] = settings.job_signing_key.get_secret_value()
+    return env
 
 
 def run_demo(
@@ -336,6 +345,13 @@ def run_demo(
         return demo.run(worker)
     finally:
         demo.client.close()
+        if redis_url is not None:  # leave the real Redis as we found it
+            _delete_keys(demo.res.redis, settings.key_prefix)
         demo.res.close()
         if database_url is None:  # the embedded run's SQLite file is ours to remove
             shutil.rmtree(Path(settings.database_url.removeprefix("sqlite:///")).parent, True)
+
+
+def _delete_keys(redis: Any, prefix: str) -> None:
+    for key in redis.scan_iter(match=f"{prefix}*", count=1000):
+        redis.delete(key)

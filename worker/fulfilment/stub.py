@@ -1,9 +1,10 @@
-"""The fulfilment provider: the interface the pipeline calls, and a realistic stub behind it.
+"""A realistic fulfilment stub: three vendors behind the provider interface.
 
-The stub models three vendors: a print house (handwritten notes, postcards), a gift-card
-vendor, and a channel gateway for the free actions and lead acceptance. Outcomes are
-drawn from seeded, configurable rates by hashing the job id, so every worker process
-draws the same outcome for the same job. Vendor state lives in Redis, shared by all
+The stub models a print house (handwritten notes, postcards), a gift-card vendor, and a
+channel gateway for the free actions and lead acceptance. Outcomes are drawn from seeded,
+configurable rates by hashing the idempotency key, so every worker process draws the same
+outcome for the same job. Vendor state lives in Redis (``CREDITS_STUB_REDIS_URL``: its
+own DB, apart from the broker, as a real vendor's records would be), shared by all
 workers, which is what makes vendor-side idempotency real: a key sends at most once.
 """
 
@@ -13,39 +14,11 @@ import hashlib
 import random
 import time
 from dataclasses import dataclass
-from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any
 
 from shared.errors import PermanentVendorError, TransientVendorError, VendorOutcomeUnknown
 from shared.schemas import Job
-
-
-class VendorStatus(StrEnum):
-    DELIVERED = "delivered"
-    FAILED = "failed"
-    PENDING = "pending"
-    UNKNOWN = "unknown"  # the vendor has no record of this key
-
-
-@dataclass(frozen=True)
-class Submission:
-    vendor: str
-    ref: str
-
-
-class FulfilmentProvider(Protocol):
-    def submit(self, job: Job, *, idempotency_key: str) -> Submission:
-        """Send the job. Raises TransientVendorError (retry), PermanentVendorError (refused)
-        or VendorOutcomeUnknown (timed out: it may have been sent)."""
-
-    def status(self, idempotency_key: str) -> VendorStatus:
-        """What the vendor knows of a key. Raises TransientVendorError if unreachable."""
-
-    def void(self, idempotency_key: str) -> VendorStatus:
-        """Fence a key the vendor has no record of: from now on it can never send (a late
-        submit is refused). Returns FAILED when voided, or the key's real status if a send
-        got there first. Raises TransientVendorError if unreachable."""
-
+from worker.fulfilment import Submission, VendorStatus
 
 # Settle a key once: the first outcome wins, with its fields and its send count, atomically.
 _SETTLE = """
@@ -102,10 +75,13 @@ class StubRates:
 class StubProvider:
     """Seeded vendor stub with shared, idempotent state in Redis (or fakeredis)."""
 
-    def __init__(self, redis: Any, rates: StubRates, *, prefix: str = "credits:") -> None:
+    def __init__(
+        self, redis: Any, rates: StubRates, *, prefix: str = "credits:", timeout_s: float = 30.0
+    ) -> None:
         self.redis = redis
         self.rates = rates
         self.prefix = f"{prefix}stub:"
+        self.timeout_s = timeout_s
         self._settle_script = redis.register_script(_SETTLE)
 
     # -- the draw
@@ -132,7 +108,7 @@ class StubProvider:
     def submit(self, job: Job, *, idempotency_key: str) -> Submission:
         vendor, ref_prefix = VENDORS.get(job.action, CHANNEL)
         record = self._record_key(idempotency_key)
-        self._latency(idempotency_key)
+        late = self._latency()
         if self.outage:
             raise TransientVendorError(f"{vendor} unreachable (outage)")
         attempt = self.redis.hincrby(record, "attempts", 1)
@@ -157,6 +133,9 @@ class StubProvider:
             raise VendorOutcomeUnknown(f"{vendor} did not answer in time")
         if not self._settle(record, "delivered", ref, vendor):
             return self._replay(vendor, record, self._outcome(record))
+        if late:
+            # The vendor sent it, but its answer came after our timeout: we cannot know.
+            raise VendorOutcomeUnknown(f"{vendor} gave no answer within {self.timeout_s:g}s")
         return Submission(vendor, ref)
 
     def _outcome(self, record: str) -> str:
@@ -225,8 +204,11 @@ class StubProvider:
         ref = self.redis.hget(record, "ref")
         return Submission(vendor, ref.decode() if ref else "")
 
-    def _latency(self, key: str) -> None:
+    def _latency(self) -> bool:
+        """Wait as long as the vendor takes, but no longer than our timeout; True when the
+        answer would have come too late (the call then ends in VendorOutcomeUnknown)."""
         if self.rates.latency_ms <= 0:
-            return
-        jitter = random.uniform(0.5, 1.5)
-        time.sleep(self.rates.latency_ms * jitter / 1000)
+            return False
+        latency_s = self.rates.latency_ms * random.uniform(0.5, 1.5) / 1000
+        time.sleep(min(latency_s, self.timeout_s))
+        return latency_s > self.timeout_s

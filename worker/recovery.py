@@ -1,5 +1,5 @@
 """Recovery sweeps, run by celery beat: resolve in-doubt jobs, resume or expire parked ones,
-re-send jobs whose message is gone, and reconcile.
+re-send jobs whose message is gone, confirm outcome events, and reconcile.
 
 Each sweep takes a bounded batch, claims its rows in the database (so two sweeps never
 share a row), and talks to the vendor outside any transaction. Every action is one of the
@@ -9,7 +9,6 @@ pipeline's own idempotent steps, so a sweep that dies half-way is simply run aga
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,13 +18,10 @@ from shared.services import jobs, recovery
 from shared.services.reconcile import reconcile
 from worker.faults import maybe_crash
 from worker.fulfilment import VendorStatus
-from worker.pipeline import record_outcome
+from worker.outcomes import notifier
 from worker.resources import Resources
 
 log = logging.getLogger("credits.sweeps")
-
-# Every sweep takes (resources, publish); publish(job payload, source) re-sends a job.
-Publish = Callable[[dict[str, Any], str], None]
 
 
 @dataclass
@@ -40,20 +36,18 @@ class SweepReport:
         return {"sweep": self.name, **self.counts}
 
 
-def _emit(res: Resources, view: jobs.JobView) -> None:
-    if view.changed:
-        record_outcome(view)
-    res.events.publish(Event(**view.event_fields()))
-
-
-def resolve_in_doubt(res: Resources, publish: Publish | None = None) -> SweepReport:
-    """Ask the vendor about submitted jobs nobody is working on. Never guess."""
+def resolve_in_doubt(res: Resources) -> SweepReport:
+    """Settle submitted jobs that no worker will attempt again, through the vendor's
+    status. Never guess: an unreachable vendor keeps the hold."""
     s, report = res.settings, SweepReport("resolve_in_doubt")
     claimed = recovery.claim_in_doubt(
-        res.db, older_than_s=s.in_doubt_after_s, idle_s=s.job_lock_timeout_s, limit=s.sweep_batch
+        res.db,
+        older_than_s=s.in_doubt_after_s,
+        redelivery_s=s.redelivery_delay_s,
+        limit=s.sweep_batch,
     )
     for job in claimed:
-        with res.locks.job(job.job_id) as locked:
+        with res.locks.job(job.member_id, job.job_id) as locked:
             if not locked:
                 report.add("busy")  # a worker has it right now
                 continue
@@ -67,56 +61,70 @@ def resolve_in_doubt(res: Resources, publish: Publish | None = None) -> SweepRep
 
 
 def _resolve_one(res: Resources, job: recovery.Claimed) -> str:
+    s, voided = res.settings, False
     try:
-        status = res.provider.status(job.job_id)
+        status = res.provider.status(job.vendor_key)
+        if status == VendorStatus.UNKNOWN and job.republished < s.max_resends:
+            # The vendor never got it, and no worker will try again: the member still
+            # wants it sent, so send it again (the vendor key keeps it to one send).
+            res.client.send_action(job.payload)
+            recovery.mark_republished(res.db, job.pk)
+            return "resent"
         if status == VendorStatus.UNKNOWN:
-            # Never sent. Fence the key first, so a late submit cannot send after we refund.
-            status = res.provider.void(job.job_id)
+            # Fence the key first, so a late submit cannot send after we refund.
+            status = res.provider.void(job.vendor_key)
+            voided = status == VendorStatus.FAILED
     except TransientVendorError as exc:
         log.warning("job %s: vendor unreachable, hold kept: %s", job.job_id, exc)
         return "unreachable"
     if status == VendorStatus.PENDING:
-        recovery.extend_hold(res.db, job.job_id, ttl_s=res.settings.hold_ttl_s)
+        recovery.extend_hold(res.db, job, ttl_s=s.hold_ttl_s)
         return "pending"
     if status == VendorStatus.DELIVERED:
         maybe_crash(res, "before_capture")
-        view = jobs.complete(res.db, job.job_id, vendor_ref=None)
+        view = jobs.complete(res.db, job.pk, notify=notifier(res))
     else:
-        view = jobs.refund(res.db, job.job_id, reason=f"resolved: vendor reports {status}")
-    _emit(res, view)
+        reason = (
+            f"no answer from the vendor within {s.in_doubt_after_s:g}s (re-sent "
+            f"{job.republished} times); voided by the resolver"
+            if voided
+            else "the vendor reports it failed; refunded by the resolver"
+        )
+        view = jobs.refund(res.db, job.pk, reason=reason, notify=notifier(res))
     return view.status
 
 
-def resume_awaiting(res: Resources, publish: Publish) -> SweepReport:
+def resume_awaiting(res: Resources, *, member_id: int | None = None) -> SweepReport:
     """Re-send parked jobs whose member can now pay; expire those past their wait."""
     s, report = res.settings, SweepReport("resume_awaiting")
-    batch = recovery.sweep_awaiting(res.db, lease_s=s.resume_lease_s, limit=s.sweep_batch)
-    for view in batch.expired:
-        _emit(res, view)
-        report.add("expired")
+    batch = recovery.sweep_awaiting(
+        res.db, lease_s=s.resume_lease_s, limit=s.sweep_batch, member_id=member_id,
+        notify=notifier(res),
+    )  # fmt: skip
+    report.add("expired", len(batch.expired))
     for job in batch.resume:
-        publish(job.payload, job.source)
+        res.client.send_action(job.payload)
         report.add("resumed")
     return report
 
 
-def republish_stale(res: Resources, publish: Publish) -> SweepReport:
+def republish_stale(res: Resources) -> SweepReport:
     """Re-send received or reserved jobs whose message was lost, with the same job_id."""
     s, report = res.settings, SweepReport("republish_stale")
     batch = recovery.claim_stale(
-        res.db, older_than_s=s.stale_after_s, max_resends=s.max_resends, limit=s.sweep_batch
-    )
+        res.db, older_than_s=s.stale_after_s, max_resends=s.max_resends, limit=s.sweep_batch,
+        notify=notifier(res),
+    )  # fmt: skip
     for job in batch.resend:
-        publish(job.payload, job.source)
+        res.client.send_action(job.payload)
         report.add(f"republished_{job.status}")
     for view in batch.given_up:
         log.error("job %s: given up: %s", view.job_id, view.detail)
-        _emit(res, view)
         report.add("given_up")
     return report
 
 
-def notify_outcomes(res: Resources, publish: Publish | None = None) -> SweepReport:
+def notify_outcomes(res: Resources) -> SweepReport:
     """Make sure the flow engine heard every final outcome (an outbox over the jobs table)."""
     s, report = res.settings, SweepReport("notify_outcomes")
     views = recovery.unnotified_finals(
@@ -124,11 +132,11 @@ def notify_outcomes(res: Resources, publish: Publish | None = None) -> SweepRepo
     )
     for view in views:
         report.add("sent" if res.events.publish(Event(**view.event_fields())) else "already_sent")
-    recovery.mark_notified(res.db, [v.job_id for v in views])
+    recovery.mark_notified(res.db, [v.pk for v in views])
     return report
 
 
-def reconcile_and_report(res: Resources, publish: Publish | None = None) -> SweepReport:
+def reconcile_and_report(res: Resources) -> SweepReport:
     """Check the invariants; log each drift as an error naming the wallet."""
     result = reconcile(res.db)
     report = SweepReport("reconcile", {"drift": len(result.problems), **result.figures})

@@ -1,0 +1,60 @@
+"""Operations: schema migrations and the embedded demo."""
+
+from __future__ import annotations
+
+import click
+
+from entrypoints.cli.app import Context, Output, cli, command_options
+from shared.errors import InvalidRequest
+from shared.services.auth import require_support
+
+
+@cli.group()
+def db() -> None:
+    """Schema migrations (support only)."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+@command_options
+def db_upgrade(ctx: Context, revision: str) -> Output:
+    """Create or migrate the schema (Alembic), as the database's owner role.
+
+    \b
+    Example: credits db upgrade
+    """
+    from alembic.util import CommandError
+
+    from shared.migrations import current, upgrade
+
+    database = ctx.db(require_schema=False)
+    if not ctx.actor.is_support:
+        with database.unit_of_work() as session:
+            require_support(session, ctx.actor, "migrate the schema")
+    url = ctx.settings.database_url
+    try:
+        upgrade(url, revision)
+    except CommandError as exc:
+        raise InvalidRequest(f"cannot upgrade to revision {revision!r}: {exc}") from None
+    return Output({"ok": True, "revision": current(url)})
+
+
+@cli.command("demo")
+@click.option("--jobs", type=click.IntRange(1, 100_000), default=500, show_default=True)
+@click.option("--database-url", "demo_db", help="Run against this database, not a temp SQLite.")
+@click.option("--redis-url", "demo_redis", help="Use this Redis as broker, locks and events.")
+def demo_cmd(jobs: int, demo_db: str | None, demo_redis: str | None) -> None:
+    """Run the whole system on ~500 realistic sends. No servers needed.
+
+    \b
+    Examples:
+      credits demo
+      credits demo --database-url postgresql://postgres@127.0.0.1/credits \\
+                   --redis-url redis://127.0.0.1:6379/5
+    """
+    from entrypoints.demo import run_demo
+
+    if (demo_db is None) != (demo_redis is None):
+        raise click.UsageError("give both --database-url and --redis-url, or neither")
+    if not run_demo(jobs=jobs, database_url=demo_db, redis_url=demo_redis):
+        raise SystemExit(1)
