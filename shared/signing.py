@@ -23,16 +23,17 @@ from shared.errors import JobNotAuthentic
 ALGORITHM = "hmac-sha256"
 
 
-def canonical(job: dict[str, Any]) -> bytes:
+def canonical(job: Any) -> bytes:
+    """The bytes a signature covers: the job as JSON with sorted keys and no spaces."""
     return json.dumps(job, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def _mac(secret: str, key_id: str, job: dict[str, Any]) -> str:
+def _mac(secret: str, key_id: str, job: Any) -> str:
     message = key_id.encode() + b"\n" + canonical(job)
     return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
 
 
-def sign(job: dict[str, Any], key: tuple[str, str]) -> dict[str, str]:
+def sign(job: Any, key: tuple[str, str]) -> dict[str, str]:
     """The ``auth`` that travels with ``job``: the key id, the algorithm and the MAC."""
     key_id, secret = key
     return {"key_id": key_id, "alg": ALGORITHM, "sig": _mac(secret, key_id, job)}
@@ -42,7 +43,7 @@ def verify(job: Any, auth: Any, keys: dict[str, str]) -> str:
     """The key id that signed ``job``, or JobNotAuthentic saying what is wrong."""
     if auth is None:
         raise JobNotAuthentic("unsigned job: no signature was sent with it")
-    if not isinstance(auth, dict) or not isinstance(job, dict):
+    if not isinstance(auth, dict):
         raise JobNotAuthentic("malformed signature: expected an object with key_id and sig")
     key_id, sig = auth.get("key_id"), auth.get("sig")
     if not isinstance(key_id, str) or not isinstance(sig, str):
@@ -52,6 +53,10 @@ def verify(job: Any, auth: Any, keys: dict[str, str]) -> str:
     secret = keys.get(key_id)
     if secret is None:
         raise JobNotAuthentic(f"signed with unknown key id {key_id[:64]!r}")
-    if not hmac.compare_digest(_mac(secret, key_id, job), sig):
+    try:
+        expected = _mac(secret, key_id, job)
+    except (TypeError, ValueError):
+        raise JobNotAuthentic("the job is not JSON: it cannot carry a signature") from None
+    if not hmac.compare_digest(expected, sig):
         raise JobNotAuthentic(f"bad signature for key id {key_id!r}: forged or altered job")
     return key_id

@@ -66,3 +66,13 @@ def sqlite_db(sqlite_url: str) -> Iterator[Database]:
 @pytest.fixture
 def pg_db(pg_url: str) -> Iterator[Database]:
     yield from _database(pg_url)
+
+
+@pytest.fixture
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No CREDITS_* setting of the developer's shell leaks into a test."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("CREDITS_") and not name.startswith("CREDITS_TEST_"):
+            monkeypatch.delenv(name)

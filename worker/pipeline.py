@@ -45,7 +45,7 @@ from worker import metrics
 from worker.faults import maybe_crash
 from worker.outcomes import notifier
 from worker.resources import Resources
-from worker.tasks.base import LockBusy, RetryLater, backoff_s
+from worker.retry import LockBusy, RetryLater, backoff_s
 
 log = logging.getLogger("credits.pipeline")
 

@@ -4,7 +4,6 @@ Also the in-process Celery worker fixtures: a real worker in a thread on the
 ``memory://`` broker, with a producer client on the same broker.
 """
 
-import os
 import uuid
 from collections.abc import Iterator
 
@@ -12,10 +11,12 @@ import pytest
 from celery.contrib.testing.worker import start_worker
 from kombu import Connection
 
-from shared.client import QUEUES, CreditsClient
+from shared.client import CreditsClient
 from shared.config import Settings, load_settings
 from shared.db import Database
-from worker.app import create_app
+from shared.queues import queues
+from tests.factories import SIGNING_KEY, stub_rates
+from worker.factory import create_app
 from worker.resources import resources_for
 
 
@@ -25,25 +26,15 @@ def db(sqlite_db: Database) -> Database:
 
 
 @pytest.fixture
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No CREDITS_* setting of the developer's shell leaks into these tests."""
-    for name in list(os.environ):
-        if name.startswith("CREDITS_"):
-            monkeypatch.delenv(name)
-
-
-@pytest.fixture
 def settings(sqlite_url: str) -> Settings:
     return load_settings(
         database_url=sqlite_url,
         redis_url=f"memory://{uuid.uuid4().hex}",
         broker_url="memory://",
         stub_latency_ms=0,
-        stub_delivered_rate=0.6,
-        stub_rejected_rate=0.2,
-        stub_transient_rate=0.15,
-        stub_timeout_rate=0.05,
+        **stub_rates(rejected=0.2, transient=0.15, timeout=0.05),
         stub_transient_attempts=1,
+        job_signing_key=SIGNING_KEY,
         retry_backoff_base_s=0.05,
         retry_backoff_max_s=0.2,
     )
@@ -52,7 +43,7 @@ def settings(sqlite_url: str) -> Settings:
 def purge_broker(settings: Settings) -> None:
     """The memory transport is process-global: start and end each test with empty queues."""
     with Connection(settings.broker) as conn:
-        for queue in QUEUES:
+        for queue in queues(settings):
             queue(conn.default_channel).declare()
             queue(conn.default_channel).purge()
 

@@ -1,11 +1,10 @@
 """The send pipeline, driven directly: SQLite for the ledger, in-process fakeredis for the
-locks, the event stream and the stub vendor. No Celery here; ``RetryLater`` is what the
-task would turn into a retry.
+locks, the event stream and the stub vendor. No Celery here; ``RetryLater`` and
+``LockBusy`` are what the task's base class turns into retries.
 """
 
 from __future__ import annotations
 
-import threading
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -15,12 +14,25 @@ from sqlalchemy import func, select
 from shared.config import load_settings
 from shared.db import Database
 from shared.errors import NotFound
-from shared.models import DeadLetter, Job, JobTransition, LedgerTransaction, Wallet
-from shared.services import balances, jobs, ledger
+from shared.models import DeadLetter, Job, JobTransition, LedgerTransaction
+from shared.services import balances, job_reports, ledger
 from shared.services.reconcile import reconcile
-from tests.factories import ADDRESS, email, funded_member, note
-from worker.pipeline import RetryLater, SendPipeline
+from shared.services.recovery import vendor_key
+from tests.factories import (
+    ADDRESS,
+    SIGNING_KEY,
+    email,
+    funded_member,
+    gift_card,
+    message,
+    note,
+    spent,
+    stub_rates,
+)
+from tests.helpers import race
+from worker.pipeline import SendPipeline
 from worker.resources import Resources
+from worker.retry import LockBusy, RetryLater
 
 NOTE_COST = 5  # the built-in catalog's price of a handwritten note
 
@@ -38,15 +50,13 @@ def make_pipeline(sqlite_url: str) -> Iterator[MakePipeline]:
     made: list[Resources] = []
 
     def make(outcome: str = "delivered", **overrides: object) -> SendPipeline:
-        rates = {f"stub_{name}_rate": 0.0 for name in ("delivered", "rejected", "transient")}
-        rates["stub_timeout_rate"] = 0.0
-        rates[f"stub_{outcome}_rate"] = 1.0
         settings = load_settings(
             database_url=sqlite_url,
             redis_url=f"memory://{uuid.uuid4().hex}",
             broker_url="memory://",
             stub_latency_ms=0,
-            **{**rates, **overrides},
+            job_signing_key=SIGNING_KEY,
+            **{**stub_rates(outcome), **overrides},
         )
         resources = Resources(settings)
         made.append(resources)
@@ -57,6 +67,11 @@ def make_pipeline(sqlite_url: str) -> Iterator[MakePipeline]:
         resources.close()
 
 
+def run(pipeline: SendPipeline, job: object, **where: str) -> dict:
+    """Deliver one signed ``credits.send_action`` message to the pipeline."""
+    return pipeline.process((), message(job), **where)
+
+
 def member_with(db: Database, credits: int) -> int:
     return funded_member(db, account_credits=100, member_credits=credits).member_id
 
@@ -65,9 +80,12 @@ def events_of(pipeline: SendPipeline, job_id: str) -> list[dict[str, str]]:
     return [e for e in pipeline.res.events.all() if e.get("job_id") == job_id]
 
 
-def spent(db: Database) -> int:
-    with db.unit_of_work() as session:
-        return session.scalar(select(Wallet.available).where(Wallet.system_name == "spent"))
+def sends(pipeline: SendPipeline, member: int, job_id: str) -> int:
+    return pipeline.res.provider.sends(vendor_key(member, job_id))
+
+
+def report(db: Database, job_id: str, member: int | None = None) -> job_reports.JobReport:
+    return job_reports.job_report(db, job_id, member_id=member)
 
 
 def txn_kinds(db: Database, job_id: str | None = None) -> list[str]:
@@ -86,6 +104,11 @@ def dead_letters(db: Database) -> list[DeadLetter]:
 def job_count(db: Database) -> int:
     with db.unit_of_work() as session:
         return session.scalar(select(func.count(Job.id)))
+
+
+def stored_payload(db: Database, job_id: str) -> dict:
+    with db.unit_of_work() as session:
+        return session.scalar(select(Job.payload).where(Job.job_id == job_id))
 
 
 def transitions(db: Database, job_id: str) -> list[str]:
@@ -111,19 +134,24 @@ def wallet(db: Database, member_id: int) -> tuple[int, int]:
 def test_a_delivered_note_completes_and_captures_its_hold(db, make_pipeline):
     member = member_with(db, 20)
     pipeline = make_pipeline("delivered")
-    result = pipeline.process(note("j-1", member))
-    assert result == {"job_id": "j-1", "status": "completed", "cost": NOTE_COST}
-    report = jobs.job_report(db, "j-1")
-    assert report.job.status == "completed"
-    assert report.job.attempts == 1
-    assert report.vendor_ref.startswith("PH-")
-    assert report.hold["state"] == "captured"
-    assert report.hold["amount"] == NOTE_COST
+    result = run(pipeline, note("j-1", member))
+    assert result == {
+        "job_id": "j-1",
+        "member_id": member,
+        "status": "completed",
+        "cost": NOTE_COST,
+    }
+    found = report(db, "j-1")
+    assert found.job.status == "completed"
+    assert found.job.attempts == 1
+    assert found.vendor_ref.startswith("PH-")
+    assert found.hold["state"] == "captured"
+    assert found.hold["amount"] == NOTE_COST
     assert spent(db) == NOTE_COST
     assert wallet(db, member) == (20 - NOTE_COST, 0)
     assert txn_kinds(db, "j-1") == ["hold", "capture"]
     assert transitions(db, "j-1") == ["received", "reserved", "submitted", "completed"]
-    assert pipeline.res.provider.sends("j-1") == 1
+    assert sends(pipeline, member, "j-1") == 1
     assert reconcile(db).ok
 
 
@@ -132,7 +160,7 @@ def test_a_completed_job_publishes_one_final_event_with_what_the_flow_engine_nee
 ):
     member = member_with(db, 20)
     pipeline = make_pipeline("delivered")
-    pipeline.process(note("j-1", member, flow_id="flow-9", step_id="step-3"))
+    run(pipeline, note("j-1", member, flow_id="flow-9", step_id="step-3"))
     (event,) = events_of(pipeline, "j-1")
     assert event["status"] == "completed"
     assert event["final"] == "1"
@@ -149,11 +177,11 @@ def test_the_price_is_stored_on_the_job_with_its_catalog_version(db, make_pipeli
     pipeline = make_pipeline("delivered")
     abroad = {**ADDRESS, "country": "Germany"}
     postcard = {"job_id": "p-1", "member_id": member, "action": "postcard", "message": "Hi"}
-    pipeline.process({**postcard, "recipient": abroad})
-    view = jobs.get_view(db, "p-1")
+    run(pipeline, {**postcard, "recipient": abroad})
+    view = report(db, "p-1").job
     assert view.cost == pipeline.res.catalog.postcard_international
     assert view.catalog_version == pipeline.res.catalog.version
-    assert view.payload["recipient"]["country"] == "DE"
+    assert stored_payload(db, "p-1")["recipient"]["country"] == "DE"
 
 
 # ---------------------------------------------------------------- rejected by the vendor
@@ -162,12 +190,12 @@ def test_the_price_is_stored_on_the_job_with_its_catalog_version(db, make_pipeli
 def test_a_rejected_note_is_refunded_and_the_balance_restored(db, make_pipeline):
     member = member_with(db, 20)
     pipeline = make_pipeline("rejected")
-    result = pipeline.process(note("j-1", member))
+    result = run(pipeline, note("j-1", member))
     assert result["status"] == "refunded"
-    report = jobs.job_report(db, "j-1")
-    assert report.job.status == "refunded"
-    assert "address undeliverable" in report.job.detail
-    assert report.hold["state"] == "released"
+    found = report(db, "j-1")
+    assert found.job.status == "refunded"
+    assert "address undeliverable" in found.job.detail
+    assert found.hold["state"] == "released"
     assert wallet(db, member) == (20, 0)
     assert spent(db) == 0
     assert txn_kinds(db, "j-1") == ["hold", "release"]
@@ -185,13 +213,12 @@ def test_a_transient_error_asks_for_a_retry_and_keeps_the_hold(db, make_pipeline
     member = member_with(db, 20)
     pipeline = make_pipeline("transient", stub_transient_attempts=1)
     with pytest.raises(RetryLater) as caught:
-        pipeline.process(note("j-1", member))
-    assert caught.value.counts
+        run(pipeline, note("j-1", member))
     assert caught.value.countdown_s > 0
-    report = jobs.job_report(db, "j-1")
-    assert report.job.status == "submitted"
-    assert "HTTP 503" in report.job.detail
-    assert report.hold["state"] == "held"
+    found = report(db, "j-1")
+    assert found.job.status == "submitted"
+    assert "HTTP 503" in found.job.detail
+    assert found.hold["state"] == "held"
     assert wallet(db, member) == (20 - NOTE_COST, NOTE_COST)
     assert events_of(pipeline, "j-1") == []
     assert reconcile(db).ok
@@ -201,13 +228,13 @@ def test_a_retried_job_completes_on_the_next_delivery_and_is_sent_once(db, make_
     member = member_with(db, 20)
     pipeline = make_pipeline("transient", stub_transient_attempts=1)
     with pytest.raises(RetryLater):
-        pipeline.process(note("j-1", member))
-    result = pipeline.process(note("j-1", member))
+        run(pipeline, note("j-1", member))
+    result = run(pipeline, note("j-1", member))
     assert result["status"] == "completed"
-    report = jobs.job_report(db, "j-1")
-    assert report.job.attempts == 2
-    assert report.hold["state"] == "captured"
-    assert pipeline.res.provider.sends("j-1") == 1
+    found = report(db, "j-1")
+    assert found.job.attempts == 2
+    assert found.hold["state"] == "captured"
+    assert sends(pipeline, member, "j-1") == 1
     assert wallet(db, member) == (20 - NOTE_COST, 0)
     assert txn_kinds(db, "j-1") == ["hold", "capture"]
     assert [e["status"] for e in events_of(pipeline, "j-1")] == ["completed"]
@@ -224,7 +251,7 @@ def test_retry_backoff_grows_with_attempts_up_to_the_ceiling(db, make_pipeline):
     countdowns = []
     for _ in range(5):
         with pytest.raises(RetryLater) as caught:
-            pipeline.process(note("j-1", member))
+            run(pipeline, note("j-1", member))
         countdowns.append(caught.value.countdown_s)
     ceilings = [1.0, 2.0, 4.0, 4.0, 4.0]
     assert all(c / 2 <= d <= c for d, c in zip(countdowns, ceilings, strict=True)), countdowns
@@ -233,16 +260,15 @@ def test_retry_backoff_grows_with_attempts_up_to_the_ceiling(db, make_pipeline):
 def test_when_retries_are_exhausted_the_job_stays_submitted_with_its_hold(db, make_pipeline):
     member = member_with(db, 20)
     pipeline = make_pipeline("transient", retry_max=0, stub_transient_attempts=5)
-    result = pipeline.process(note("j-1", member))
+    result = run(pipeline, note("j-1", member))
     assert result["status"] == "submitted"
-    report = jobs.job_report(db, "j-1")
-    assert report.job.status == "submitted"
-    assert report.hold["state"] == "held"
+    found = report(db, "j-1")
+    assert found.job.status == "submitted"
+    assert found.job.detail.startswith("vendor still failing after 1 attempts")
+    assert found.hold["state"] == "held"
     assert wallet(db, member) == (20 - NOTE_COST, NOTE_COST)
-    assert pipeline.res.provider.sends("j-1") == 0
-    (event,) = events_of(pipeline, "j-1")
-    assert (event["status"], event["final"]) == ("submitted", "0")
-    assert event["reason"].startswith("retries exhausted")
+    assert sends(pipeline, member, "j-1") == 0
+    assert events_of(pipeline, "j-1") == []  # not final: the resolver settles it later
     assert reconcile(db).ok
 
 
@@ -251,9 +277,9 @@ def test_vendor_attempts_count_across_deliveries_against_retry_max(db, make_pipe
     pipeline = make_pipeline("transient", retry_max=2, stub_transient_attempts=10)
     for _ in range(2):
         with pytest.raises(RetryLater):
-            pipeline.process(note("j-1", member))
-    assert pipeline.process(note("j-1", member))["status"] == "submitted"
-    assert jobs.get_view(db, "j-1").attempts == 3
+            run(pipeline, note("j-1", member))
+    assert run(pipeline, note("j-1", member))["status"] == "submitted"
+    assert report(db, "j-1").job.attempts == 3
 
 
 # ---------------------------------------------------------------- timeouts
@@ -262,16 +288,15 @@ def test_vendor_attempts_count_across_deliveries_against_retry_max(db, make_pipe
 def test_a_vendor_timeout_leaves_the_job_submitted_with_its_hold_in_doubt(db, make_pipeline):
     member = member_with(db, 20)
     pipeline = make_pipeline("timeout")
-    result = pipeline.process(note("j-1", member))
+    result = run(pipeline, note("j-1", member))
     assert result["status"] == "submitted"
-    report = jobs.job_report(db, "j-1")
-    assert report.job.status == "submitted"
-    assert "did not answer" in report.job.detail
-    assert report.hold["state"] == "held"
+    found = report(db, "j-1")
+    assert found.job.status == "submitted"
+    assert found.job.detail.startswith("in doubt")
+    assert "did not answer" in found.job.detail
+    assert found.hold["state"] == "held"
     assert wallet(db, member) == (20 - NOTE_COST, NOTE_COST)
-    (event,) = events_of(pipeline, "j-1")
-    assert (event["status"], event["final"]) == ("submitted", "0")
-    assert event["reason"].startswith("in doubt")
+    assert events_of(pipeline, "j-1") == []  # not final: the resolver settles it later
     assert reconcile(db).ok
 
 
@@ -281,14 +306,14 @@ def test_a_vendor_timeout_leaves_the_job_submitted_with_its_hold_in_doubt(db, ma
 def test_a_member_short_of_credits_parks_the_job_without_a_hold(db, make_pipeline):
     member = member_with(db, 3)
     pipeline = make_pipeline("delivered")
-    result = pipeline.process(note("j-1", member))
+    result = run(pipeline, note("j-1", member))
     assert result["status"] == "awaiting_credits"
-    report = jobs.job_report(db, "j-1")
-    assert report.job.status == "awaiting_credits"
-    assert report.hold is None
+    found = report(db, "j-1")
+    assert found.job.status == "awaiting_credits"
+    assert found.hold is None
     assert wallet(db, member) == (3, 0)
     assert txn_kinds(db, "j-1") == []
-    assert pipeline.res.provider.sends("j-1") == 0
+    assert sends(pipeline, member, "j-1") == 0
     (event,) = events_of(pipeline, "j-1")
     assert (event["status"], event["final"]) == ("awaiting_credits", "0")
     assert f"3 credits available, {NOTE_COST} needed" in event["reason"]
@@ -298,10 +323,10 @@ def test_a_member_short_of_credits_parks_the_job_without_a_hold(db, make_pipelin
 def test_a_parked_job_completes_when_processed_again_after_credits_arrive(db, make_pipeline):
     tree = funded_member(db, account_credits=100, member_credits=3)
     pipeline = make_pipeline("delivered")
-    pipeline.process(note("j-1", tree.member_id))
+    run(pipeline, note("j-1", tree.member_id))
     ledger.allocate(db, "workspace", tree.workspace_id, amount=10)
     ledger.allocate(db, "member", tree.member_id, amount=10)
-    assert pipeline.process(note("j-1", tree.member_id))["status"] == "completed"
+    assert run(pipeline, note("j-1", tree.member_id))["status"] == "completed"
     assert wallet(db, tree.member_id) == (13 - NOTE_COST, 0)
     assert transitions(db, "j-1") == [
         "received",
@@ -317,8 +342,8 @@ def test_a_parked_job_completes_when_processed_again_after_credits_arrive(db, ma
 def test_a_parked_job_processed_again_while_still_short_stays_parked(db, make_pipeline):
     member = member_with(db, 3)
     pipeline = make_pipeline("delivered")
-    pipeline.process(note("j-1", member))
-    assert pipeline.process(note("j-1", member))["status"] == "awaiting_credits"
+    run(pipeline, note("j-1", member))
+    assert run(pipeline, note("j-1", member))["status"] == "awaiting_credits"
     assert transitions(db, "j-1") == ["received", "awaiting_credits"]
     assert len(events_of(pipeline, "j-1")) == 1
 
@@ -330,11 +355,11 @@ def test_a_free_email_completes_with_cost_zero_and_no_ledger_entries(db, make_pi
     member = member_with(db, 0)
     pipeline = make_pipeline("delivered")
     before = txn_kinds(db)
-    result = pipeline.process(email("e-1", member))
-    assert result == {"job_id": "e-1", "status": "completed", "cost": 0}
-    report = jobs.job_report(db, "e-1")
-    assert report.hold is None
-    assert report.vendor_ref.startswith("CH-")
+    result = run(pipeline, email("e-1", member))
+    assert result == {"job_id": "e-1", "member_id": member, "status": "completed", "cost": 0}
+    found = report(db, "e-1")
+    assert found.hold is None
+    assert found.vendor_ref.startswith("CH-")
     assert txn_kinds(db) == before
     assert spent(db) == 0
     (event,) = events_of(pipeline, "e-1")
@@ -344,7 +369,7 @@ def test_a_free_email_completes_with_cost_zero_and_no_ledger_entries(db, make_pi
 def test_a_free_action_the_vendor_rejects_is_refunded_without_ledger_entries(db, make_pipeline):
     member = member_with(db, 0)
     pipeline = make_pipeline("rejected")
-    assert pipeline.process(email("e-1", member))["status"] == "refunded"
+    assert run(pipeline, email("e-1", member))["status"] == "refunded"
     assert txn_kinds(db, "e-1") == []
     assert reconcile(db).ok
 
@@ -355,37 +380,51 @@ def test_a_free_action_the_vendor_rejects_is_refunded_without_ledger_entries(db,
 def test_processing_a_finished_job_again_changes_nothing(db, make_pipeline):
     member = member_with(db, 20)
     pipeline = make_pipeline("delivered")
-    first = pipeline.process(note("j-1", member))
+    first = run(pipeline, note("j-1", member))
     history = transitions(db, "j-1")
-    again = pipeline.process(note("j-1", member))
+    again = run(pipeline, note("j-1", member))
     assert again == first
     assert transitions(db, "j-1") == history
     assert txn_kinds(db, "j-1") == ["hold", "capture"]
     assert spent(db) == NOTE_COST
     assert wallet(db, member) == (20 - NOTE_COST, 0)
-    assert pipeline.res.provider.sends("j-1") == 1
+    assert sends(pipeline, member, "j-1") == 1
     assert len(events_of(pipeline, "j-1")) == 1
 
 
 def test_the_same_job_id_with_other_content_is_dead_lettered_and_charges_nobody(db, make_pipeline):
     member = member_with(db, 20)
-    other = member_with(db, 20)
     pipeline = make_pipeline("delivered")
-    pipeline.process(note("j-1", member))
-    result = pipeline.process(note("j-1", other, message="A different note"))
+    run(pipeline, note("j-1", member))
+    result = run(pipeline, note("j-1", member, message="A different note"))
     assert result["status"] == "dead_letter"
     assert "already received with different content" in result["reason"]
     (letter,) = dead_letters(db)
-    assert letter.job_id == "j-1"
+    assert (letter.job_id, letter.member_id) == ("j-1", member)
     assert "different content" in letter.reason
     assert "A different note" in letter.body
-    view = jobs.get_view(db, "j-1")
-    assert (view.status, view.member_id) == ("completed", member)
-    assert view.payload["message"] == "Thanks for the call!"
+    assert report(db, "j-1").job.status == "completed"
+    assert stored_payload(db, "j-1")["message"] == "Thanks for the call!"
     assert wallet(db, member) == (20 - NOTE_COST, 0)
-    assert wallet(db, other) == (20, 0)
     assert spent(db) == NOTE_COST
     assert [e["status"] for e in events_of(pipeline, "j-1")] == ["completed"]
+
+
+def test_one_job_id_from_two_members_is_two_jobs_each_charged_once(db, make_pipeline):
+    member = member_with(db, 20)
+    other = member_with(db, 20)
+    pipeline = make_pipeline("delivered")
+    first = run(pipeline, note("flow-9:step-2:lead-7", member))
+    second = run(pipeline, note("flow-9:step-2:lead-7", other, message="Another note"))
+    assert (first["status"], second["status"]) == ("completed", "completed")
+    assert wallet(db, member) == (20 - NOTE_COST, 0)
+    assert wallet(db, other) == (20 - NOTE_COST, 0)
+    assert sends(pipeline, member, "flow-9:step-2:lead-7") == 1
+    assert sends(pipeline, other, "flow-9:step-2:lead-7") == 1
+    events = events_of(pipeline, "flow-9:step-2:lead-7")
+    assert sorted(e["member_id"] for e in events) == sorted([str(member), str(other)])
+    assert dead_letters(db) == []
+    assert reconcile(db).ok
 
 
 def test_a_conflicting_job_before_the_original_finished_leaves_the_original_alone(
@@ -393,35 +432,36 @@ def test_a_conflicting_job_before_the_original_finished_leaves_the_original_alon
 ):
     member = member_with(db, 20)
     pipeline = make_pipeline("timeout")
-    pipeline.process(note("j-1", member))
-    assert pipeline.process(note("j-1", member, message="Other"))["status"] == "dead_letter"
-    report = jobs.job_report(db, "j-1")
-    assert report.job.status == "submitted"
-    assert report.hold["state"] == "held"
-    assert report.job.attempts == 1
+    run(pipeline, note("j-1", member))
+    assert run(pipeline, note("j-1", member, message="Other"))["status"] == "dead_letter"
+    found = report(db, "j-1")
+    assert found.job.status == "submitted"
+    assert found.hold["state"] == "held"
+    assert found.job.attempts == 1
 
 
 def test_an_unknown_member_is_dead_lettered_and_the_producer_hears_rejected(db, make_pipeline):
     pipeline = make_pipeline("delivered")
-    result = pipeline.process(note("j-1", 424242))
+    result = run(pipeline, note("j-1", 424242))
     assert result["status"] == "dead_letter"
     (letter,) = dead_letters(db)
     assert letter.job_id == "j-1"
     assert letter.reason == "member 424242 does not exist"
+    assert letter.member_id == 424242
     assert letter.task_name == "credits.send_action"
     with pytest.raises(NotFound):
-        jobs.get_view(db, "j-1")
+        report(db, "j-1")
     (event,) = events_of(pipeline, "j-1")
     assert (event["status"], event["final"]) == ("rejected", "1")
     assert "member 424242 does not exist" in event["reason"]
     assert txn_kinds(db) == []
 
 
-def test_a_dead_letter_keeps_the_message_id(db, make_pipeline):
+def test_a_dead_letter_keeps_the_message_id_and_queue(db, make_pipeline):
     pipeline = make_pipeline("delivered")
-    pipeline.process("not json", message_id="msg-77")
+    run(pipeline, "not json", message_id="msg-77", queue="credits.flow")
     (letter,) = dead_letters(db)
-    assert letter.message_id == "msg-77"
+    assert (letter.message_id, letter.queue) == ("msg-77", "credits.flow")
     assert letter.body == "not json"
 
 
@@ -447,7 +487,7 @@ def test_an_invalid_payload_is_dead_lettered_with_a_reason_naming_the_problem(
 ):
     member_with(db, 20)
     pipeline = make_pipeline("delivered")
-    result = pipeline.process(payload)
+    result = run(pipeline, payload)
     assert result["status"] == "dead_letter"
     (letter,) = dead_letters(db)
     assert named in letter.reason
@@ -458,7 +498,7 @@ def test_an_invalid_payload_is_dead_lettered_with_a_reason_naming_the_problem(
 
 def test_an_invalid_payload_with_a_usable_job_id_tells_the_producer(db, make_pipeline):
     pipeline = make_pipeline("delivered")
-    pipeline.process({"job_id": "bad-1", "member_id": 1, "action": "fax"})
+    run(pipeline, {"job_id": "bad-1", "member_id": 1, "action": "fax"})
     (event,) = events_of(pipeline, "bad-1")
     assert (event["status"], event["final"]) == ("rejected", "1")
     assert "unknown action 'fax'" in event["reason"]
@@ -467,7 +507,7 @@ def test_an_invalid_payload_with_a_usable_job_id_tells_the_producer(db, make_pip
 
 def test_an_invalid_payload_without_a_job_id_publishes_nothing(db, make_pipeline):
     pipeline = make_pipeline("delivered")
-    pipeline.process([1, 2, 3])
+    run(pipeline, [1, 2, 3])
     assert list(pipeline.res.events.all()) == []
     assert dead_letters(db)[0].job_id is None
 
@@ -486,15 +526,15 @@ def test_a_gift_card_denomination_outside_the_catalog_is_rejected_and_not_charge
         "recipient": ADDRESS,
         "return_address": ADDRESS,
     }
-    result = pipeline.process(gift)
-    assert result == {"job_id": "g-1", "status": "rejected", "cost": 0}
-    report = jobs.job_report(db, "g-1")
-    assert report.job.status == "rejected"
-    assert "denomination 7 is not offered" in report.job.detail
-    assert report.hold is None
+    result = run(pipeline, gift)
+    assert result == {"job_id": "g-1", "member_id": member, "status": "rejected", "cost": 0}
+    found = report(db, "g-1")
+    assert found.job.status == "rejected"
+    assert "denomination 7 is not offered" in found.job.detail
+    assert found.hold is None
     assert wallet(db, member) == (50, 0)
     assert txn_kinds(db, "g-1") == []
-    assert pipeline.res.provider.sends("g-1") == 0
+    assert sends(pipeline, member, "g-1") == 0
     (event,) = events_of(pipeline, "g-1")
     assert (event["status"], event["final"]) == ("rejected", "1")
     assert "denomination 7 is not offered" in event["reason"]
@@ -512,46 +552,56 @@ def test_a_gift_card_in_the_catalog_costs_its_denomination_plus_the_fee(db, make
         "recipient": ADDRESS,
         "return_address": ADDRESS,
     }
-    result = pipeline.process(gift)
+    result = run(pipeline, gift)
     cost = 25 + pipeline.res.catalog.gift_card_fee
-    assert result == {"job_id": "g-1", "status": "completed", "cost": cost}
+    assert result == {"job_id": "g-1", "member_id": member, "status": "completed", "cost": cost}
     assert wallet(db, member) == (50 - cost, 0)
 
 
 # ---------------------------------------------------------------- locks
 
 
-def test_a_job_locked_by_another_delivery_is_retried_without_counting(db, make_pipeline):
+def test_a_job_locked_by_another_delivery_is_retried_and_records_nothing(db, make_pipeline):
     member = member_with(db, 20)
     pipeline = make_pipeline("delivered")
-    with pipeline.res.locks.job("j-1") as locked:
+    with pipeline.res.locks.job(member, "j-1") as locked:
         assert locked
-        with pytest.raises(RetryLater) as caught:
-            pipeline.process(note("j-1", member))
-    assert caught.value.counts is False
-    assert caught.value.countdown_s > 0
+        with pytest.raises(LockBusy):
+            run(pipeline, note("j-1", member))
     assert job_count(db) == 0
-    assert pipeline.process(note("j-1", member))["status"] == "completed"
+    assert run(pipeline, note("j-1", member))["status"] == "completed"
 
 
-def test_a_busy_member_wallet_lock_is_retried_without_counting(db, make_pipeline):
+def test_another_members_job_with_the_same_id_is_not_blocked_by_its_lock(db, make_pipeline):
+    member, other = member_with(db, 20), member_with(db, 20)
+    pipeline = make_pipeline("delivered")
+    with pipeline.res.locks.job(member, "j-1"):
+        assert run(pipeline, note("j-1", other))["status"] == "completed"
+
+
+def test_a_busy_member_wallet_lock_is_retried_and_records_nothing(db, make_pipeline):
     member = member_with(db, 20)
     pipeline = make_pipeline("delivered", lock_blocking_timeout_s=0.05)
     with pipeline.res.locks.member(member) as locked:
         assert locked
-        with pytest.raises(RetryLater) as caught:
-            pipeline.process(note("j-1", member))
-    assert caught.value.counts is False
-    report = jobs.job_report(db, "j-1")
-    assert report.job.status == "received"
-    assert report.hold is None
-    assert pipeline.process(note("j-1", member))["status"] == "completed"
+        with pytest.raises(LockBusy):
+            run(pipeline, note("j-1", member))
+    assert job_count(db) == 0
+    assert wallet(db, member) == (20, 0)
+    assert run(pipeline, note("j-1", member))["status"] == "completed"
+
+
+def test_a_free_action_does_not_wait_for_the_member_wallet_lock(db, make_pipeline):
+    member = member_with(db, 0)
+    pipeline = make_pipeline("delivered", lock_blocking_timeout_s=0.05)
+    with pipeline.res.locks.member(member):
+        assert run(pipeline, email("e-1", member))["status"] == "completed"
 
 
 def test_the_locks_are_released_after_each_message(db, make_pipeline):
     member = member_with(db, 20)
     pipeline = make_pipeline("delivered")
-    pipeline.process(note("j-1", member))
+    run(pipeline, note("j-1", member))
     assert pipeline.res.redis.keys("*lock:*") == []
 
 
@@ -560,22 +610,8 @@ def test_the_locks_are_released_after_each_message(db, make_pipeline):
 
 def test_racing_jobs_for_one_member_never_spend_more_than_it_has(db, make_pipeline):
     member = member_with(db, 2 * NOTE_COST)
-    pipeline = make_pipeline("delivered")
-    barrier = threading.Barrier(5)
-    results: list[object] = []
-
-    def send(i: int) -> None:
-        barrier.wait()
-        try:
-            results.append(pipeline.process(note(f"race-{i}", member))["status"])
-        except Exception as exc:  # a failure is asserted on below
-            results.append(exc)
-
-    threads = [threading.Thread(target=send, args=(i,)) for i in range(5)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    pipeline = make_pipeline("delivered", lock_blocking_timeout_s=5)
+    results = race(5, lambda i: run(pipeline, note(f"race-{i}", member))["status"])
     assert sorted(results) == ["awaiting_credits"] * 3 + ["completed"] * 2
     assert wallet(db, member) == (0, 0)
     assert spent(db) == 2 * NOTE_COST
@@ -585,23 +621,68 @@ def test_racing_jobs_for_one_member_never_spend_more_than_it_has(db, make_pipeli
 def test_two_deliveries_of_one_job_at_once_charge_and_send_it_once(db, make_pipeline):
     member = member_with(db, 20)
     pipeline = make_pipeline("delivered")
-    barrier = threading.Barrier(2)
-    outcomes: list[str] = []
-
-    def deliver() -> None:
-        barrier.wait()
-        try:
-            outcomes.append(pipeline.process(note("j-1", member))["status"])
-        except RetryLater:
-            outcomes.append("retry_later")
-
-    threads = [threading.Thread(target=deliver) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    outcomes = race(2, lambda _: run(pipeline, note("j-1", member))["status"])
     assert "completed" in outcomes
-    assert set(outcomes) <= {"completed", "retry_later"}
+    assert all(o == "completed" or isinstance(o, LockBusy) for o in outcomes), outcomes
     assert txn_kinds(db, "j-1") == ["hold", "capture"]
-    assert pipeline.res.provider.sends("j-1") == 1
+    assert sends(pipeline, member, "j-1") == 1
     assert len(events_of(pipeline, "j-1")) == 1
+
+
+# ---------------------------------------------------------------- signatures
+
+
+def test_an_unsigned_job_charges_nobody_and_is_kept_as_a_dead_letter(db, make_pipeline):
+    member = member_with(db, 50)
+    pipeline = make_pipeline("delivered")
+    result = pipeline.process((), {"job": gift_card("g-1", member)}, queue="credits.flow")
+    assert result["status"] == "dead_letter"
+    (letter,) = dead_letters(db)
+    assert letter.reason == "unsigned job: no signature was sent with it"
+    assert (letter.job_id, letter.member_id, letter.queue) == ("g-1", member, "credits.flow")
+    assert job_count(db) == 0
+    assert wallet(db, member) == (50, 0)
+    assert events_of(pipeline, "g-1") == []  # nobody may speak for a job it cannot sign
+
+
+@pytest.mark.parametrize(
+    ("tamper", "reason"),
+    [
+        (lambda m: m["job"].update(denomination=50), "bad signature for key id 'test-key'"),
+        (lambda m: m["job"].update(member_id=m["job"]["member_id"] + 1), "bad signature"),
+        (lambda m: m["auth"].update(key_id="other"), "signed with unknown key id 'other'"),
+        (lambda m: m["auth"].update(sig="0" * 64), "forged or altered job"),
+        (lambda m: m.update(auth="yes"), "malformed signature"),
+    ],
+)
+def test_a_forged_or_altered_job_charges_nobody(db, make_pipeline, tamper, reason):
+    member = member_with(db, 100)
+    pipeline = make_pipeline("delivered")
+    forged = message(gift_card("g-1", member, 25))
+    tamper(forged)
+    assert pipeline.process((), forged)["status"] == "dead_letter"
+    assert reason in dead_letters(db)[0].reason
+    assert job_count(db) == 0
+    assert wallet(db, member) == (100, 0)
+
+
+def test_a_job_signed_with_a_retired_key_still_in_the_verify_list_is_accepted(db, make_pipeline):
+    member = member_with(db, 20)
+    old = ("2025-q4", "o" * 40)
+    pipeline = make_pipeline("delivered", job_verify_keys=f"{old[0]}:{old[1]}")
+    result = pipeline.process((), message(note("j-1", member), key=old))
+    assert result["status"] == "completed"
+    assert report(db, "j-1").key_id == "2025-q4"
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "reason"),
+    [
+        ((1, 2), {}, "unexpected 2 positional argument(s)"),
+        ((), {"job": {}, "auth": {}, "extra": 1}, "unexpected arguments ['extra']"),
+    ],
+)
+def test_a_message_with_wrong_arguments_is_a_dead_letter(db, make_pipeline, args, kwargs, reason):
+    pipeline = make_pipeline("delivered")
+    assert pipeline.process(args, kwargs)["status"] == "dead_letter"
+    assert dead_letters(db)[0].reason == reason
