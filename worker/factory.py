@@ -32,8 +32,13 @@ def create_app(settings: Settings | None = None) -> Celery:
 
     app = Celery("worker", set_as_current=False)
     redbeat_url, redbeat_password = _split_password(settings.redis_url)
+    broker = celery_broker_settings(settings)
+    if settings.broker.startswith(("redis://", "rediss://")):
+        # kombu's Redis transport, made safe against raw entries it cannot decode.
+        broker["broker_transport"] = "worker.transport:Transport"
+        broker["broker_transport_options"]["undeliverable"] = _undeliverable(settings)
     app.conf.update(
-        **celery_broker_settings(settings),
+        **broker,
         visibility_timeout=settings.visibility_timeout_s,
         result_backend=None,
         task_ignore_result=True,
@@ -45,6 +50,8 @@ def create_app(settings: Settings | None = None) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
+        # The default pool (no -P): prefork, surviving broker reconnects (worker.pool).
+        worker_pool="worker.pool:TaskPool",
         worker_cancel_long_running_tasks_on_connection_loss=True,
         task_time_limit=settings.task_time_limit_s,
         task_soft_time_limit=settings.task_time_limit_s * 0.8,
@@ -70,6 +77,18 @@ def create_app(settings: Settings | None = None) -> Celery:
     register(app)
     _connect_signals(app, settings)
     return app
+
+
+def _undeliverable(settings: Settings):
+    """Keep a raw queue entry that cannot even become a message, as a dead letter."""
+
+    def keep(raw: bytes, queue: str, reason: str) -> None:
+        from shared.services.dead_letters import record_dead_letter
+        from worker.resources import resources_for
+
+        record_dead_letter(resources_for(settings).db, reason, body=raw, queue=queue)
+
+    return keep
 
 
 def _split_password(url: str) -> tuple[str, str | None]:
