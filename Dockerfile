@@ -16,10 +16,14 @@ COPY requirements.lock /tmp/requirements.lock
 RUN pip install --no-deps -r /tmp/requirements.lock && pip check && rm /tmp/requirements.lock
 
 # Then the project itself; its dependencies are already there. The build context holds
-# only the files .dockerignore lets in (the packages, pyproject.toml, README.md and the
-# runtime lock), so a new package needs a line there, not here.
+# only the files .dockerignore lets in (the packages, pyproject.toml, README.md, the
+# runtime lock, the migrate scripts), so a new package needs a line there, not here.
 COPY . /src/
 RUN pip install --no-deps /src && pip check && rm -rf /src
+
+# The migrate service's entry point: the migrations as the owner role, then the app role's
+# grants (deploy/postgres/migrate.py and app-grants.sql).
+COPY deploy/postgres/migrate.py deploy/postgres/app-grants.sql /opt/credits/
 
 RUN useradd --create-home --home-dir /app --uid 10001 --user-group credits
 USER credits
