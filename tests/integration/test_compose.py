@@ -291,6 +291,7 @@ def test_structure(config: dict[str, Any], env_file: Path) -> None:
     flower = services["flower"]
     user, _, flower_password = environment(flower)["FLOWER_BASIC_AUTH"].partition(":")
     assert user == "admin" and flower_password == filled["FLOWER_PASSWORD"]
+    assert environment(flower)["FLOWER_READ_ONLY"] == "true"
     assert "/healthcheck" in " ".join(argv(flower["healthcheck"]["test"]))
 
     worker = services["worker"]
@@ -485,8 +486,11 @@ class LocalWorld:
         return load_settings(**values)
 
 
-def http_get(url: str, auth: tuple[str, str] | None = None) -> tuple[int, bytes]:
-    request = urllib.request.Request(url)
+def http_get(
+    url: str, auth: tuple[str, str] | None = None, data: bytes | None = None
+) -> tuple[int, bytes]:
+    """GET, or POST when ``data`` is given; the status (0 when nothing answers) and body."""
+    request = urllib.request.Request(url, data=data)
     if auth is not None:
         token = base64.b64encode(":".join(auth).encode()).decode()
         request.add_header("Authorization", f"Basic {token}")
@@ -590,13 +594,13 @@ def test_app_services_run_their_own_commands(
 ) -> None:
     import redis
     from alembic.script import ScriptDirectory
-    from sqlalchemy import create_engine, inspect
+    from sqlalchemy import create_engine, inspect, select
 
     from shared.client import QUEUE_NAMES, CreditsClient
     from shared.config import normalize_database_url
     from shared.db import Database
     from shared.migrations import alembic_config, current
-    from shared.models import Base
+    from shared.models import Base, Job
     from shared.services.reconcile import reconcile
     from tests.factories import funded_member, postcard
 
@@ -727,6 +731,17 @@ def test_app_services_run_their_own_commands(
             return f"celery@{hostname}" in json.loads(body)
 
         wait_until(worker_listed, 30, "flower /api/workers to list the worker", every_s=1)
+
+        # Read-only: even with the login, Flower neither publishes a task nor stops a worker.
+        login = (user, flower_password)
+        forged = json.dumps({"kwargs": {"job": postcard("via-flower", tree.member_id)}})
+        for path in ("/api/task/async-apply/credits.send_action",
+                     "/api/task/send-task/credits.send_action",
+                     f"/api/worker/shutdown/celery@{hostname}",
+                     f"/api/worker/pool/shrink/celery@{hostname}"):  # fmt: skip
+            assert http_get(f"{base}{path}", login, forged.encode())[0] == 403, path
+        # /metrics is open to anyone who reaches the port (keep it off the public side).
+        assert http_get(f"{base}/metrics")[0] == 200
         flower_check = [
             a.replace("localhost:5555", f"127.0.0.1:{flower_port}")
             for a in healthcheck_shell(services["flower"])
@@ -755,6 +770,13 @@ def test_app_services_run_their_own_commands(
 
         for proc in (worker, beat, flower):
             proc.check_alive()
+        app_db = Database(settings.database_url)
+        try:
+            with app_db.unit_of_work() as session:
+                jobs = set(session.scalars(select(Job.job_id)))
+        finally:
+            app_db.dispose()
+        assert jobs == {job_id}, "a job came in through Flower"
     finally:
         for proc in reversed(started):
             proc.stop()
