@@ -21,10 +21,6 @@ RUN pip install --no-deps -r /tmp/requirements.lock && pip check && rm /tmp/requ
 COPY . /src/
 RUN pip install --no-deps /src && pip check && rm -rf /src
 
-# The migrate service's entry point: the migrations as the owner role, then the app role's
-# grants (deploy/postgres/migrate.py and app-grants.sql).
-COPY deploy/postgres/migrate.py deploy/postgres/app-grants.sql /opt/credits/
-
 RUN useradd --create-home --home-dir /app --uid 10001 --user-group credits
 USER credits
 WORKDIR /app

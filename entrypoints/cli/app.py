@@ -156,10 +156,14 @@ def main(argv: list[str] | None = None) -> int:
     except CreditsError as exc:
         _error(exc.as_dict(), as_json)
         return exc.exit_code
-    except (OperationalError, DBAPIError) as exc:
+    except OperationalError as exc:
         failure = DatabaseUnavailable(f"database error: {str(exc.orig).splitlines()[0]}")
         _error(failure.as_dict(), as_json)
         return failure.exit_code
+    except DBAPIError as exc:  # the database answered, and refused (a privilege, say)
+        _error({"error": "DatabaseError",
+                "message": f"the database refused: {str(exc.orig).splitlines()[0]}"}, as_json)  # fmt: skip
+        return 1
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 1
     return 0

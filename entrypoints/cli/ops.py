@@ -5,8 +5,7 @@ from __future__ import annotations
 import click
 
 from entrypoints.cli.app import Context, Output, cli, command_options
-from shared.errors import InvalidRequest
-from shared.services.auth import require_support
+from shared.errors import InvalidRequest, PermissionDenied
 
 
 @cli.group()
@@ -27,16 +26,34 @@ def db_upgrade(ctx: Context, revision: str) -> Output:
 
     from shared.migrations import current, upgrade
 
-    database = ctx.db(require_schema=False)
+    ctx.db(require_schema=False)
     if not ctx.actor.is_support:
-        with database.unit_of_work() as session:
-            require_support(session, ctx.actor, "migrate the schema")
+        raise PermissionDenied(f"{ctx.actor} may not migrate the schema: only support may")
     url = ctx.settings.database_url
     try:
         upgrade(url, revision)
     except CommandError as exc:
         raise InvalidRequest(f"cannot upgrade to revision {revision!r}: {exc}") from None
     return Output({"ok": True, "revision": current(url)})
+
+
+@db.command("grant")
+@click.option("--app-role", required=True, help="The app's least-privilege PostgreSQL role.")
+@command_options
+def db_grant(ctx: Context, app_role: str) -> Output:
+    """Give the app's role rows only, as the owner (support only): it may read and write
+    rows, only add to the append-only ledger, and never change the schema.
+
+    \b
+    Example: credits db upgrade && credits db grant --app-role credits_app
+    """
+    from shared.migrations import grant_app_role
+
+    ctx.db(require_schema=False)
+    if not ctx.actor.is_support:
+        raise PermissionDenied(f"{ctx.actor} may not grant privileges: only support may")
+    grant_app_role(ctx.settings.database_url, app_role)
+    return Output({"ok": True, "app_role": app_role})
 
 
 @cli.command("demo")

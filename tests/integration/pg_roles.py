@@ -24,7 +24,6 @@ from tests.services import PG_ADMIN_URL, missing, pg_admin
 
 ROOT = Path(__file__).resolve().parents[2]
 INIT_SCRIPT = ROOT / "deploy" / "postgres" / "initdb" / "10-credits-app-role.sh"
-MIGRATE_SCRIPT = ROOT / "deploy" / "postgres" / "migrate.py"
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,7 @@ REQUIRED = (
     "RABBITMQ_PASSWORD",
     "REDIS_PASSWORD",
     "FLOWER_PASSWORD",
+    "JOB_SIGNING_KEY",
 )
 VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)([^}]*)\}")
 # A release, not a moving tag like 7.4 or 3: PostgreSQL numbers its releases major.minor.
@@ -69,6 +70,8 @@ def fill_env_example(path: Path) -> dict[str, str]:
         name, sep, value = line.partition("=")
         if sep and not line.lstrip().startswith("#") and name in REQUIRED and not value:
             value = f"{name.lower().replace('_', '')}{uuid.uuid4().hex[:8]}"
+            if name == "JOB_SIGNING_KEY":  # '<key id>:<secret of 32+ characters>'
+                value = f"k1:{uuid.uuid4().hex}{uuid.uuid4().hex}"
             line = f"{name}={value}"
         if sep and not line.lstrip().startswith("#"):
             values[name] = line.partition("=")[2]
@@ -109,17 +112,6 @@ def healthcheck_shell(service: dict[str, Any]) -> list[str]:
         return ["/bin/sh", "-c", rest[0]]
     assert kind == "CMD", test
     return rest
-
-
-def image_files() -> dict[str, Path]:
-    """Files the Dockerfile copies to /opt/credits/, by their path in the image."""
-    files = {}
-    for line in DOCKERFILE.read_text().splitlines():
-        parts = line.split()
-        if parts[:1] == ["COPY"] and parts[-1] == "/opt/credits/":
-            for source in parts[1:-1]:
-                files[f"/opt/credits/{Path(source).name}"] = ROOT / source
-    return files
 
 
 # ---------------------------------------------------------------- the file itself
@@ -282,8 +274,7 @@ def test_structure(config: dict[str, Any], env_file: Path) -> None:
     db = urlsplit(migrate_env["CREDITS_DATABASE_URL"])
     assert (db.username, db.password, db.hostname) == (owner, secrets["postgres"], "postgres")
     command = argv(migrate["command"])
-    assert command[0] == "python" and command[2:] == ["--app-role", app_role]
-    assert image_files()[command[1]] == ROOT / "deploy" / "postgres" / "migrate.py"
+    assert command == ["sh", "-c", f"credits db upgrade && credits db grant --app-role {app_role}"]
     assert migrate["restart"] == "no"
     assert "healthcheck" not in migrate
     assert migrate["depends_on"] == {"postgres": {"condition": "service_healthy"}}
@@ -301,9 +292,9 @@ def test_structure(config: dict[str, Any], env_file: Path) -> None:
     assert "-E" in worker_cmd
     # Every queue the app routes to, in the app's order (the worker drains them in order):
     # a queue left out here piles up in the broker with no one to consume it.
-    from shared.client import QUEUES
+    from shared.queues import QUEUE_NAMES
 
-    assert worker_cmd[worker_cmd.index("-Q") + 1] == ",".join(q.name for q in QUEUES)
+    assert worker_cmd[worker_cmd.index("-Q") + 1] == ",".join(QUEUE_NAMES)
     assert environment(worker)["CREDITS_METRICS_PORT"] == "9808"
     assert worker["expose"] == ["9808"]  # metrics on the compose network, never published
 
@@ -441,9 +432,13 @@ class LocalWorld:
         args = argv(command)
         local = {"celery": [sys.executable, "-m", "celery"], "python": [sys.executable],
                  "credits": [str(VENV_BIN / "credits")]}  # fmt: skip
+        if args[:2] == ["sh", "-c"]:  # a shell line: the same substitutions inside it
+            script = re.sub(r"(?<![\w/-])credits ", f"{VENV_BIN / 'credits'} ", args[2])
+            for role, local_role in self.roles.items():
+                script = re.sub(rf"--app-role {re.escape(role)}(?!\w)", f"--app-role {local_role}",
+                                script)  # fmt: skip
+            return ["/bin/sh", "-c", script]
         args = [*local.get(args[0], [args[0]]), *args[1:]]
-        files = image_files()
-        args = [str(files.get(a, a)) for a in args]
         if "--app-role" in args:
             at = args.index("--app-role") + 1
             args[at] = self.roles[args[at]]
@@ -513,7 +508,7 @@ def run_healthcheck(name: str, cmd: list[str], env: dict[str, str]) -> None:
 def scheduled_tasks() -> dict[str, float]:
     """The app's periodic tasks and their intervals in seconds, from its default settings."""
     from shared.config import load_settings
-    from worker.app import create_app
+    from worker.factory import create_app
 
     app = create_app(load_settings())
     try:
@@ -574,16 +569,17 @@ def roled_db() -> Iterator[RoledDatabase]:
         yield db
 
 
-def delivered_job_id(settings: Any) -> str:
+def delivered_job_id(settings: Any, member_id: int) -> str:
     """A job id the stub vendor, as configured, plans to deliver at the first attempt."""
-    from shared.redis_client import make_redis
-    from worker.fulfilment import StubProvider, StubRates
+    from shared.adapters.redis_client import make_redis
+    from shared.services.recovery import vendor_key
+    from worker.fulfilment.stub import StubProvider, StubRates
 
     stub = StubProvider(make_redis("memory://plan"), StubRates.from_settings(settings))
     return next(
         job_id
         for job_id in (f"compose-{i}" for i in range(100))
-        if stub.planned_outcome(job_id) == "delivered"
+        if stub.planned_outcome(vendor_key(member_id, job_id)) == "delivered"
     )
 
 
@@ -596,11 +592,12 @@ def test_app_services_run_their_own_commands(
     from alembic.script import ScriptDirectory
     from sqlalchemy import create_engine, inspect, select
 
-    from shared.client import QUEUE_NAMES, CreditsClient
+    from shared.client import CreditsClient
     from shared.config import normalize_database_url
     from shared.db import Database
     from shared.migrations import alembic_config, current
     from shared.models import Base, Job
+    from shared.queues import QUEUE_NAMES
     from shared.services.reconcile import reconcile
     from tests.factories import funded_member, postcard
 
@@ -678,11 +675,11 @@ def test_app_services_run_their_own_commands(
         app_db = Database(settings.database_url)
         try:
             tree = funded_member(app_db, account_credits=50, member_credits=10)
-            job_id = delivered_job_id(settings)
+            job_id = delivered_job_id(settings, tree.member_id)
             client = CreditsClient(settings=settings)
             try:
                 client.send_action(postcard(job_id, tree.member_id))
-                outcome = client.events.wait_for(job_id, "0-0", timeout_s=90)
+                outcome = client.events.wait_for(tree.member_id, job_id, "0-0", timeout_s=90)
             finally:
                 client.close()
             assert outcome is not None, f"no outcome for {job_id}:\n{worker.tail()}"

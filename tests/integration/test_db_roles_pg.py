@@ -2,9 +2,9 @@
 
 Against the real server, a database is built the way the compose stack builds it: an
 owner role, the compose init script (deploy/postgres/initdb/) creating the app role, then
-the migrate service's own script (deploy/postgres/migrate.py: `credits db upgrade` and
-app-grants.sql) run as the owner, and an account topped up through the CLI as the app
-role. That is done once, as a template; each test gets a copy of its own.
+the migrate service's own commands (`credits db upgrade`, then `credits db grant`, which
+applies shared/migrations/app_grants.sql) as the owner, and an account topped up through
+the CLI as the app role. That is done once, as a template; each test gets a copy.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 
 from tests.integration.pg_roles import (
-    MIGRATE_SCRIPT,
     RoledDatabase,
     Roles,
     database,
@@ -42,13 +41,16 @@ def credits_env(url: str) -> dict[str, str]:
 
 
 def run_migrate(db: RoledDatabase, role: str, app_role: str) -> subprocess.CompletedProcess:
+    """What compose's migrate service runs: the migrations, then the app role's grants."""
+    credits = VENV_BIN / "credits"
     return subprocess.run(
-        [sys.executable, str(MIGRATE_SCRIPT), "--app-role", app_role],
+        ["sh", "-c", f'"{credits}" db upgrade && "{credits}" db grant --app-role "$1"',
+         "migrate", app_role],
         env=credits_env(db.url(role)),
         capture_output=True,
         text=True,
         timeout=180,
-    )
+    )  # fmt: skip
 
 
 def run_credits(db: RoledDatabase, role: str, *args: str) -> dict:

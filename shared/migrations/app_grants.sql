@@ -1,5 +1,5 @@
--- The app role's privileges on the app's tables, applied by deploy/postgres/migrate.py as
--- the owner after every `credits db upgrade`, in one transaction. Idempotent: it sets the
+-- The app role's privileges on the app's tables, applied by `credits db grant --app-role
+-- NAME` as the owner after every `credits db upgrade`, in one transaction. Idempotent: it sets the
 -- whole state each time, whatever was granted before (for example on a database created
 -- before the app role existed, where no default privileges applied).
 --
