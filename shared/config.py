@@ -42,6 +42,10 @@ def mask_url(url: str) -> str:
     except ValueError:
         return "<unparseable URL>"
     if parts.password is None:
+        if parts.username is None and "@" in url:
+            # Not parsed as credentials (a typo such as "redis//:secret@host"): whatever
+            # comes before the last "@" may be a password.
+            return "***@" + url.rsplit("@", 1)[1]
         return url
     netloc = parts.netloc.rsplit("@", 1)[1]
     user = parts.username or ""

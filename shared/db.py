@@ -80,6 +80,12 @@ class UnitOfWork(Session):
         for hook in self.info.pop("after_commit", []):
             hook()
 
+    def rollback(self) -> None:
+        # Hooks announce what the transaction did; rolled back, it did nothing, so a later
+        # commit of this session must not run them.
+        self.info.pop("after_commit", None)
+        super().rollback()
+
 
 class Database:
     """An engine plus a session factory; hands out units of work."""

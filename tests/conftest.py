@@ -1,4 +1,5 @@
-"""Fixtures: a migrated database per test, on SQLite (unit) or PostgreSQL (integration).
+"""Fixtures: a migrated database per test, on SQLite (unit) or PostgreSQL (integration),
+or on each in turn (``ledger_db``).
 
 Migrations run once per session into a template; each test then gets a copy of its own
 (a file copy for SQLite, ``CREATE DATABASE ... TEMPLATE`` for PostgreSQL), dropped after.
@@ -66,6 +67,13 @@ def sqlite_db(sqlite_url: str) -> Iterator[Database]:
 @pytest.fixture
 def pg_db(pg_url: str) -> Iterator[Database]:
     yield from _database(pg_url)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def ledger_db(request: pytest.FixtureRequest) -> Database:
+    """The same test on both backends: SQLite (always) and PostgreSQL (``pg_db``: fails
+    under CI=true and skips elsewhere when PostgreSQL is missing)."""
+    return request.getfixturevalue({"sqlite": "sqlite_db", "postgres": "pg_db"}[request.param])
 
 
 @pytest.fixture

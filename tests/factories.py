@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 from shared.db import Database
 from shared.models import Job, Wallet
 from shared.services import directory, ledger
+from shared.services.jobs import JobView, Notify
 
 # A test-only signing key; producers and workers of one test share it.
 SIGNING_KEY = "test-key:" + "s" * 40
@@ -164,6 +165,20 @@ def mixed_jobs(members: list[int], n: int, *, seed: int = 11, prefix: str = "job
     return [mixed_job(rng, f"{prefix}-{i}", rng.choice(members)) for i in range(n)]
 
 
+# ---------------------------------------------------------------- jobs without a worker
+
+
+def accepted_job(db: Database, payload: dict, *, notify: Notify | None = None) -> JobView:
+    """Record, price and hold a job as the pipeline's first step does (no vendor call):
+    ``submitted`` with its hold when the member can pay, else parked."""
+    from shared.pricing import load_catalog
+    from shared.schemas import parse_job
+    from shared.services import jobs
+
+    return jobs.accept(db, parse_job(payload), load_catalog(), hold_ttl_s=900.0,
+                       max_wait_s=86_400.0, attempt_window_s=90.0, notify=notify)  # fmt: skip
+
+
 # ---------------------------------------------------------------- what got recorded
 
 
@@ -183,3 +198,37 @@ def message(job: object, *, key: tuple[str, str] = SIGNING_KEY_PAIR) -> dict:
     from shared.signing import sign
 
     return {"job": job, "auth": sign(job, key)}
+
+
+def recorded_job(
+    db: Database, job: dict, *, status: str = "received", age_s: float = 0.0,
+    key_id: str | None = SIGNING_KEY_PAIR[0],
+) -> int:  # fmt: skip
+    """A job row as a worker recorded it, ``age_s`` ago, with no message left to run it.
+
+    Only for statuses that hold nothing (received, rejected, awaiting_credits, or a
+    free job in any status): a hold is the pipeline's to take. Returns the row's id.
+    """
+    from datetime import timedelta
+
+    from shared.models import JobTransition, utcnow
+    from shared.pricing import load_catalog
+    from shared.schemas import content_hash, job_dict, parse_job
+    from shared.services import jobs
+
+    spec = parse_job(job)
+    priced = jobs.price(spec, load_catalog())
+    at = utcnow() - timedelta(seconds=age_s)
+    with db.unit_of_work() as session:
+        row = Job(
+            job_id=spec.job_id, member_id=spec.member_id, flow_id=spec.flow_id,
+            step_id=spec.step_id, action=spec.action, source=spec.source,
+            payload=job_dict(spec), content_hash=content_hash(spec), cost=priced.cost,
+            catalog_version=priced.catalog_version, status=status, attempts=0, republished=0,
+            key_id=key_id, created_at=at, updated_at=at,
+        )  # fmt: skip
+        session.add(row)
+        session.flush()
+        session.add(JobTransition(job_pk=row.id, to_status=status, at=at))
+        session.commit()
+        return row.id

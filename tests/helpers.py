@@ -87,3 +87,11 @@ def interleave(target: Any, name: str) -> Iterator[Interleaving]:
         yield point
     finally:
         setattr(target, name, original)
+
+
+def queue_length(broker_url: str, name: str) -> int:
+    """Messages waiting in a broker queue (declared passively: it must exist)."""
+    from kombu import Connection
+
+    with Connection(broker_url) as conn:
+        return conn.default_channel.queue_declare(queue=name, passive=True).message_count

@@ -90,6 +90,8 @@ def command_options(fn: Callable) -> Callable:
     def wrapper(ctx: Context, *args: Any, as_json: bool, as_member: str | None, **kwargs: Any):
         ctx.as_json = ctx.as_json or as_json
         ctx.actor = _as_member(as_member) or ctx.actor
+        if not ctx.actor.is_support:
+            ctx.db()  # --as must name an existing, active member, whatever the command
         result = fn(ctx, *args, **kwargs)
         if result is not None:
             emit(ctx, result)
@@ -161,8 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         _error(failure.as_dict(), as_json)
         return failure.exit_code
     except DBAPIError as exc:  # the database answered, and refused (a privilege, say)
-        _error({"error": "DatabaseError",
-                "message": f"the database refused: {str(exc.orig).splitlines()[0]}"}, as_json)  # fmt: skip
+        refused = f"the database refused: {str(exc.orig).splitlines()[0]}"
+        _error({"error": "DatabaseError", "message": refused}, as_json)
         return 1
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 1

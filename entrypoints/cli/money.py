@@ -159,7 +159,9 @@ def quote_cmd(ctx: Context, action: str, country: str | None, denomination: str 
     try:
         result = quote(action, country=country, denomination=denomination, catalog=catalog)
     except InvalidRequest as exc:
-        raise InvalidRequest(_flags(str(exc))) from None
+        # The CLI's option names in the message; the error keeps its type (UnknownCountry).
+        exc.args = (_flags(str(exc)),)
+        raise
     data = {k: v for k, v in result.as_dict().items() if v is not None}
     return Output(data)
 

@@ -178,7 +178,8 @@ def create_account(
             insert(Account).values(name=name, wallet_id=wallet_id).returning(Account.id)
         ).scalar_one()
         if credits:
-            topup_in(session, account_id, credits, key="initial", actor=actor)
+            # No key of its own: it is part of the keyed create, in the same transaction.
+            topup_in(session, account_id, credits, key=None, actor=actor)
         return Created(account_id, name, wallet_id)
 
     digest = request_hash(op="account", name=name, credits=credits)

@@ -76,7 +76,10 @@ def _replay(session: Session, key: str, digest: str) -> Transfer | None:
     entries = session.scalars(
         select(LedgerEntry).where(LedgerEntry.transaction_id == txn.id).order_by(LedgerEntry.id)
     )
-    after = {e.wallet_id: e.balance_after for e in entries if e.bucket == Bucket.AVAILABLE}
+    # As in a first run: a top-up's source, the external wallet, is nobody's business.
+    hidden = txn.debit_wallet_id if txn.kind == TxnKind.TOPUP else None
+    after = {e.wallet_id: e.balance_after for e in entries
+             if e.bucket == Bucket.AVAILABLE and e.wallet_id != hidden}  # fmt: skip
     return Transfer(
         txn.id, txn.kind, txn.amount, txn.debit_wallet_id, txn.credit_wallet_id, True, after
     )
@@ -111,7 +114,7 @@ def _transfer_in(
         source, target, amount, txn_kind = target, source, -amount, TxnKind.RECLAIM
         if planned.reclaimed_member is not None:
             require_may_reclaim_from(session, actor, planned.reclaimed_member)
-    if amount == 0:  # nothing to move: write nothing
+    if amount == 0 and not scoped_key:  # nothing to move, nothing to remember: write nothing
         return Transfer(None, txn_kind.value, 0, source, target, False, {})
     legs = [
         Leg(source, Bucket.AVAILABLE, -amount, kind != TxnKind.TOPUP),
@@ -232,6 +235,9 @@ def _allocation_plan(session: Session, actor: Actor, target_kind: str, target_id
     member = get_member(session, target_id, actor=actor)
     workspace = get_workspace(session, member.workspace_id)
     require_workspace_manager(session, actor, workspace, "allocate to this member")
+    if not member.active:
+        # Deactivation returned their credits; nothing may flow to or from them again.
+        raise InvalidRequest(f"member {member.id} is deactivated: their wallet is closed")
     return Plan(workspace.account_id, workspace.wallet_id, member.wallet_id, 0, member.id)
 
 

@@ -79,6 +79,8 @@ def post(session: Session, legs: Iterable[Leg], **txn_values: object) -> tuple[i
         .values(created_at=now, **txn_values)
         .returning(LedgerTransaction.id)
     ).scalar_one()
+    if not legs:  # a keyed request that moved nothing: its key is all there is to record
+        return txn_id, after
     session.execute(
         insert(LedgerEntry),
         [

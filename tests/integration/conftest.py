@@ -16,6 +16,11 @@ REDIS_TEST_DBS = range(1, 16)
 CLAIM_KEY = "credits-test:claimed"
 
 
+@pytest.fixture(autouse=True)
+def _no_developer_settings(clean_environment: None) -> None:
+    """Settings built in the test process see only what the test gives them."""
+
+
 @pytest.fixture
 def db(pg_db: Database) -> Database:
     return pg_db

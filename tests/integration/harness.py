@@ -13,10 +13,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tests.factories import SIGNING_KEY
+from tests.helpers import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 QUEUES = "credits.maintenance,credits.instant,credits.flow"
@@ -25,16 +29,24 @@ FAST_RETRIES = {
     "CREDITS_RETRY_BACKOFF_MAX_S": "0.5",
     "CREDITS_STUB_LATENCY_MS": "0",
 }
-
-
-def wait_until(check: Callable[[], Any], timeout_s: float, what: str, every_s: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(every_s)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+# Recovery clocks short enough that sweeps act within a test, long enough for 2 cores.
+FAST_RECOVERY = {
+    "CREDITS_VENDOR_TIMEOUT_S": "1",
+    "CREDITS_JOB_LOCK_TIMEOUT_S": "3",
+    "CREDITS_IN_DOUBT_AFTER_S": "4",
+    "CREDITS_STALE_AFTER_S": "8",
+    "CREDITS_RESUME_LEASE_S": "2",
+    "CREDITS_RESOLVE_EVERY_S": "1",
+    "CREDITS_RESUME_EVERY_S": "1",
+    "CREDITS_REPUBLISH_EVERY_S": "2",
+    "CREDITS_RECONCILE_EVERY_S": "5",
+    "CREDITS_TASK_TIME_LIMIT_S": "20",
+    "CREDITS_VISIBILITY_TIMEOUT_S": "30",
+    "CREDITS_RESTORE_INTERVAL_S": "1",
+    "CREDITS_STUB_PENDING_S": "1",
+    "CREDITS_BEAT_LOCK_TIMEOUT_S": "6",
+    "CREDITS_HOLD_TTL_S": "60",
+}
 
 
 def die_with_parent() -> None:
@@ -124,7 +136,11 @@ class CeleryProcess:
 
 @dataclass
 class Stack:
-    """The environment of one test's world: database, Redis DB, prefix, and its workers."""
+    """The environment of one test's world: database, Redis DB, prefix, and its workers.
+
+    Workers and the test's own producers share one signing key (``tests.factories``), as
+    a deployment's producers and workers do.
+    """
 
     database_url: str
     redis_url: str
@@ -132,6 +148,7 @@ class Stack:
     tmp_path: Path
     settings_env: dict[str, str] = field(default_factory=dict)
     workers: list[CeleryProcess] = field(default_factory=list)
+    closers: list[Callable[[], Any]] = field(default_factory=list)
 
     def env(self, **overrides: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CREDITS_")}
@@ -141,6 +158,7 @@ class Stack:
                 "CREDITS_REDIS_URL": self.redis_url,
                 "CREDITS_BROKER_URL": self.redis_url,
                 "CREDITS_KEY_PREFIX": self.key_prefix,
+                "CREDITS_JOB_SIGNING_KEY": SIGNING_KEY,
                 "PYTHONUNBUFFERED": "1",
                 **FAST_RETRIES,
                 **self.settings_env,
@@ -156,6 +174,82 @@ class Stack:
                   if k.startswith("CREDITS_")}  # fmt: skip
         values.update(overrides)
         return load_settings(**values)
+
+    # ------------------------------------------------------------ what tests talk to
+
+    def client(self, **overrides: Any):
+        """A producer, signing with the workers' key; closed when the test ends."""
+        from shared.client import CreditsClient
+
+        client = CreditsClient(settings=self.settings(**overrides))
+        self.closers.append(client.close)
+        return client
+
+    def redis(self):
+        from shared.adapters.redis_client import make_redis
+
+        return make_redis(self.redis_url)
+
+    def stub(self):
+        """The stub vendor as the workers see it: its records, its planned outcomes."""
+        from shared.adapters.redis_client import make_redis
+        from worker.fulfilment import make_provider
+
+        settings = self.settings()
+        return make_provider(settings, make_redis(settings.vendor_store_url))
+
+    def events(self) -> list[dict[str, str]]:
+        """Every outcome event on the stream so far, oldest first."""
+        from shared.adapters.events import EventStream
+
+        return list(EventStream(self.redis(), self.settings().stream).all())
+
+    def broker_app(self):
+        """A bare producer app on the workers' broker and queues, for hand-made messages."""
+        from celery import Celery
+
+        from shared.queues import celery_broker_settings
+
+        app = Celery("test-producer", set_as_current=False)
+        app.conf.update(**celery_broker_settings(self.settings()), task_serializer="json")
+        self.closers.append(app.close)
+        return app
+
+    def publish_raw(self, body: bytes, *, content_type: str, queue: str = "credits.flow",
+                    headers: dict[str, Any] | None = None) -> None:  # fmt: skip
+        """Put bytes on a queue exactly as given, as a buggy or hostile client would."""
+        from kombu import Exchange, Producer
+
+        from shared.queues import queues
+
+        app = self.broker_app()
+        with app.connection_for_write() as conn:
+            Producer(conn).publish(
+                body, exchange=Exchange(queue), routing_key=queue, content_type=content_type,
+                content_encoding="binary", headers=headers or {},
+                # Declaring the queues binds them, so the message cannot be dropped unrouted.
+                declare=list(queues(self.settings())),
+            )  # fmt: skip
+
+    def final_events(self) -> Counter:
+        """How many final events the flow engine got, per (member, job_id)."""
+        return Counter(
+            (int(e["member_id"]), e["job_id"]) for e in self.events() if e["final"] == "1"
+        )
+
+    def queue_key(self, queue: str) -> str:
+        """The Redis list a queue lives in (broker keys carry the deployment's prefix)."""
+        return f"{self.key_prefix}{queue}"
+
+    def broker_idle(self) -> bool:
+        """No message queued and none delivered but unacked."""
+        from shared.queues import QUEUE_NAMES
+
+        redis = self.redis()
+        queued = sum(redis.llen(self.queue_key(q)) for q in QUEUE_NAMES)
+        return queued == 0 and redis.hlen(self.queue_key("unacked")) == 0
+
+    # ------------------------------------------------------------ processes
 
     def start_worker(self, name: str = "w1", *, concurrency: int = 2, **env: str):
         command = worker_command(name, concurrency)
@@ -177,6 +271,8 @@ class Stack:
             self._supervisor.join(5)
         for worker in self.workers:
             worker.stop()
+        while self.closers:
+            self.closers.pop()()
 
     def supervise(self, every_s: float = 0.5) -> None:
         """Restart any worker or beat that exits, as compose's restart policy would.

@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 
 import pytest
 
-from shared.cli import main
+from entrypoints.cli import main
 from tests.services import create_pg_database, drop_pg_database, pg_url_for
-
-
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("CREDITS_") and not name.startswith("CREDITS_TEST_"):
-            monkeypatch.delenv(name)
 
 
 @pytest.fixture
@@ -104,3 +96,64 @@ def test_bad_input_on_postgres_is_reported_not_raised(credits, pg_url, argv, cod
     assert (run_code, out) == (code, "")
     assert message in err
     assert "Traceback" not in err
+
+
+def test_an_account_created_with_credits_above_the_limit_is_not_created(credits, pg_url):
+    # when the initial top-up is refused
+    code, out, err = credits("--database-url", pg_url, "account", "create", "Big", "--credits",
+                             10**13, "--json")  # fmt: skip
+    # then the account was not created either: one unit of work
+    assert (code, out) == (2, "")
+    assert "above the limit" in err
+    assert ok(credits("--database-url", pg_url, "accounts", "--json"))["accounts"] == []
+
+
+def test_idempotency_keys_of_two_accounts_never_collide(credits, pg_url):
+    first = ok(credits("--database-url", pg_url, "account", "create", "Acme", "--json"))
+    second = ok(credits("--database-url", pg_url, "account", "create", "Globex", "--json"))
+    # when both accounts use the same order key
+    a = ok(credits("--database-url", pg_url, "topup", first["id"], 10, "--key", "q3-bonus",
+                   "--json"))  # fmt: skip
+    b = ok(credits("--database-url", pg_url, "topup", second["id"], 7, "--key", "q3-bonus",
+                   "--json"))  # fmt: skip
+    # then each is its own top-up, and a retry in one account replays that account's
+    assert (a["replayed"], b["replayed"]) == (False, False)
+    again = ok(credits("--database-url", pg_url, "topup", first["id"], 10, "--key", "q3-bonus",
+                       "--json"))  # fmt: skip
+    assert again["replayed"] is True and again["transaction_id"] == a["transaction_id"]
+    for account, available in ((first, 10), (second, 7)):
+        balance = ok(credits("--database-url", pg_url, "balance", "--account", account["id"],
+                             "--json"))  # fmt: skip
+        assert balance["available"] == available
+
+
+def test_a_member_cannot_tell_another_accounts_rows_from_missing_ones(credits, pg_url):
+    # given a member of Acme, and Globex's account
+    db = ("--database-url", pg_url)
+    acme = ok(credits(*db, "account", "create", "Acme", "--json"))
+    globex = ok(credits(*db, "account", "create", "Globex", "--json"))
+    sales = ok(credits(*db, "workspace", "create", acme["id"], "Sales", "--json"))
+    ava = ok(credits(*db, "member", "add", sales["id"], "Ava", "--json"))
+    # when Ava asks for Globex's tree, and for an account that does not exist
+    other = credits(*db, "--as", ava["id"], "tree", globex["id"])
+    missing = credits(*db, "--as", ava["id"], "tree", 999999)
+    # then both answers have the same form: not found
+    assert other[0] == missing[0] == 3
+    assert other[2].replace(str(globex["id"]), "N") == missing[2].replace("999999", "N")
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "message"),
+    [
+        (["--as", "999999", "accounts"], 4, "acting member 999999 does not exist"),
+        (["--as", "{ava}", "db", "upgrade"], 4, "migrate the schema"),
+    ],
+)
+def test_who_acts_must_exist_and_only_support_migrates(credits, pg_url, argv, code, message):
+    db = ("--database-url", pg_url)
+    acme = ok(credits(*db, "account", "create", "Acme", "--json"))
+    sales = ok(credits(*db, "workspace", "create", acme["id"], "Sales", "--json"))
+    ava = ok(credits(*db, "member", "add", sales["id"], "Ava", "--json"))
+    run_code, out, err = credits(*db, *(a.format(ava=ava["id"]) for a in argv))
+    assert (run_code, out) == (code, "")
+    assert message in err

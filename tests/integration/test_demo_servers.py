@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shared.cli import main
+from entrypoints.cli import main
 from tests.services import REDIS_URL
 
 

@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
+import subprocess
 import sys
 import urllib.error
 import urllib.request
 
-from shared.client import CreditsClient
-from tests.factories import funded_member
-from tests.integration.harness import CeleryProcess, wait_until
-from tests.integration.test_pipeline_workers import ADDRESS, ALL_DELIVERED, job_counts
-from tests.services import free_port
+from tests.factories import (
+    ADDRESS,
+    ALL_DELIVERED,
+    as_env,
+    funded_member,
+    job_counts,
+    note,
+    postcard,
+)
+from tests.helpers import wait_until
+from tests.integration.harness import ROOT, CeleryProcess
+from tests.services import free_port, private_redis
 
 AUTH = ("ops", "s3cret-pass")
 
@@ -50,15 +59,14 @@ def start_flower(stack, port: int) -> CeleryProcess:
 
 
 def test_flower_sees_our_worker_and_send_action_tasks(stack, db):
-    stack.settings_env.update(ALL_DELIVERED)
+    stack.settings_env.update(as_env(ALL_DELIVERED))
     tree = funded_member(db, account_credits=50, member_credits=40)
     port = free_port()
     start_flower(stack, port)
     stack.start_worker("obs1")
-    client = CreditsClient(settings=stack.settings())
+    client = stack.client()
     for i in range(5):
-        client.send_action({"job_id": f"f-{i}", "member_id": tree.member_id, "action": "postcard",
-                            "message": "Hi", "recipient": ADDRESS})  # fmt: skip
+        client.send_action(postcard(f"f-{i}", tree.member_id))
     wait_until(lambda: job_counts(db)["completed"] == 5, 60, "five postcards")
     base = f"http://127.0.0.1:{port}"
 
@@ -92,16 +100,15 @@ def test_flower_sees_our_worker_and_send_action_tasks(stack, db):
 
 def test_worker_metrics_and_json_logs_describe_the_pipeline(stack, db):
     stack.settings_env.update(
-        ALL_DELIVERED | {"CREDITS_LOG_FORMAT": "json", "CREDITS_METRICS_PORT": str(free_port())}
-    )
+        as_env(ALL_DELIVERED) | {"CREDITS_LOG_FORMAT": "json",
+                                 "CREDITS_METRICS_PORT": str(free_port())}
+    )  # fmt: skip
     port = int(stack.settings_env["CREDITS_METRICS_PORT"])
     tree = funded_member(db, account_credits=50, member_credits=12)
     worker = stack.start_worker("m1")
-    client = CreditsClient(settings=stack.settings())
+    client = stack.client()
     for i in range(3):  # two fit in 12 credits, the third parks
-        client.send_action({"job_id": f"n-{i}", "member_id": tree.member_id,
-                            "action": "handwritten_note", "message": "Hi",
-                            "recipient": ADDRESS, "return_address": ADDRESS})  # fmt: skip
+        client.send_action(note(f"n-{i}", tree.member_id))
     wait_until(lambda: job_counts(db)["completed"] == 2 and job_counts(db)["awaiting_credits"] == 1,
                60, "two notes sent and one parked")  # fmt: skip
 
@@ -121,11 +128,67 @@ def test_worker_metrics_and_json_logs_describe_the_pipeline(stack, db):
     assert "credits_oldest_open_hold_age_seconds" in metrics
     assert "credits_reconcile_drift" in metrics
 
+    # and the JSON log has one line per outcome, each naming the job, its member and cost
     lines = [json.loads(line) for line in worker.log_path.read_text().splitlines()
              if line.startswith("{")]  # fmt: skip
-    completed = [e["job_id"] for e in lines if e.get("status") == "completed"]
-    states = [entry for entry in lines if entry.get("job_id") == completed[0]]
-    assert [e["status"] for e in states if e.get("changed")][:4] == [
-        "received", "reserved", "submitted", "completed"
+    outcomes = {e["job_id"]: e for e in lines if e.get("logger") == "credits.outcomes"}
+    assert sorted(e["status"] for e in outcomes.values()) == [
+        "awaiting_credits", "completed", "completed"
     ]  # fmt: skip
-    assert all(e["member_id"] == tree.member_id for e in states)
+    for entry in outcomes.values():
+        assert entry["member_id"] == tree.member_id and entry["cost"] == 5
+    about_jobs = [e for e in lines if e.get("job_id") in outcomes]
+    assert all(e["member_id"] == tree.member_id for e in about_jobs)
+
+
+REDIS_PASSWORD = "Redis-Pa55-7f3a9c"
+STREET = "742 Evergreen Terrace"
+
+
+def test_no_output_shows_the_redis_password_or_a_recipients_address(stack, db, tmp_path):
+    # given a Redis with a password, as in docker-compose, and a worker, beat and Flower on it
+    proc, port = private_redis(tmp_path, password=REDIS_PASSWORD)
+    try:
+        stack.redis_url = f"redis://:{REDIS_PASSWORD}@127.0.0.1:{port}/0"
+        stack.settings_env.update(as_env(ALL_DELIVERED))
+        tree = funded_member(db, account_credits=50, member_credits=40)
+        flower_port = free_port()
+        flower = start_flower(stack, flower_port)
+        worker = stack.start_worker("pii1")
+        beat = stack.start_beat()
+
+        # when a postcard to a street is sent and done
+        recipient = {**ADDRESS, "line1": STREET}
+        stack.client().send_action(postcard("pii-1", tree.member_id, recipient=recipient))
+        wait_until(lambda: job_counts(db)["completed"] == 1, 60, "the postcard")
+        base = f"http://127.0.0.1:{flower_port}"
+
+        def task_seen() -> str:
+            status, body = get(f"{base}/api/tasks", AUTH)
+            return body if status == 200 and "pii-1" in body and "SUCCESS" in body else ""
+
+        tasks = wait_until(task_seen, 30, "the task in flower")
+        _, workers = get(f"{base}/api/workers?refresh=1", AUTH)
+        conf = subprocess.run(
+            [sys.executable, "-m", "celery", "-A", "worker", "inspect", "conf", "--json",
+             "-d", "pii1@" + socket.gethostname()],
+            cwd=ROOT, env=stack.env(), capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert conf.returncode == 0, conf.stderr
+
+        # then Flower shows the job by id and cost, and nobody shows the street or password
+        assert "'cost': 1" in tasks and "pii-1" in tasks
+        outputs = {
+            "flower tasks": tasks,
+            "flower workers": workers,
+            "inspect conf": conf.stdout + conf.stderr,
+            **{p.name: p.log_path.read_text() for p in (worker, beat, flower)},
+        }
+        for name, text in outputs.items():
+            assert REDIS_PASSWORD not in text, f"the Redis password shows in {name}"
+            assert STREET not in text, f"the recipient's street shows in {name}"
+        assert "redbeat_redis_url" in conf.stdout  # the setting is there, without its password
+    finally:
+        stack.stop()
+        proc.kill()
+        proc.wait(10)

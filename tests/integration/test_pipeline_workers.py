@@ -2,88 +2,55 @@
 
 from __future__ import annotations
 
-import random
+import base64
+import json
 from collections import Counter
 
 import pytest
-from kombu import Connection, Exchange, Producer
-from sqlalchemy import func, select
+from sqlalchemy import select
 
-from shared.client import QUEUES, CreditsClient
-from shared.db import Database
-from shared.events import EventStream
-from shared.models import DeadLetter, Hold, Job
-from shared.redis_client import make_redis
+from shared.client import SEND_ACTION_TASK
+from shared.errors import InvalidRequest
+from shared.models import DeadLetter, Hold, Job, Member
+from shared.queues import FLOW_QUEUE
 from shared.services import balances
+from shared.services.dead_letters import dead_letters
 from shared.services.reconcile import reconcile
-from tests.factories import funded_member
-from tests.integration.harness import wait_until
-from worker.fulfilment import StubProvider, StubRates
+from shared.services.recovery import vendor_key
+from tests.factories import (
+    ADDRESS,
+    ALL_DELIVERED,
+    MIX_RATES,
+    as_env,
+    funded_member,
+    funded_members,
+    job_counts,
+    message,
+    mixed_jobs,
+    note,
+    postcard,
+)
+from tests.helpers import wait_until
 
-ADDRESS = {"name": "Jane Roe", "line1": "1 Main St", "city": "Springfield", "country": "US"}
-ABROAD = {"name": "Ann Smith", "line1": "2 High St", "city": "Leeds", "country": "United Kingdom"}
-MIX_RATES = {
-    "CREDITS_STUB_DELIVERED_RATE": "0.70",
-    "CREDITS_STUB_TRANSIENT_RATE": "0.15",
-    "CREDITS_STUB_REJECTED_RATE": "0.10",
-    "CREDITS_STUB_TIMEOUT_RATE": "0.05",
-}
-ALL_DELIVERED = {
-    "CREDITS_STUB_DELIVERED_RATE": "1",
-    "CREDITS_STUB_TRANSIENT_RATE": "0",
-    "CREDITS_STUB_REJECTED_RATE": "0",
-    "CREDITS_STUB_TIMEOUT_RATE": "0",
-}
-
-
-def make_job(rng: random.Random, job_id: str, member_id: int) -> dict:
-    action = rng.choice(
-        ["handwritten_note", "postcard", "postcard", "gift_card", "email", "task", "accept_lead"]
-    )
-    job = {
-        "job_id": job_id,
-        "member_id": member_id,
-        "action": action,
-        "flow_id": "flow-1",
-        "step_id": f"step-{rng.randint(1, 5)}",
-        "source": rng.choice(["flow", "instant"]),
-    }
-    address = rng.choice([ADDRESS, ABROAD])
-    if action == "handwritten_note":
-        job |= {"message": "Thanks for your time!", "recipient": address, "return_address": ADDRESS}
-    elif action == "postcard":
-        job |= {"message": "Hello from us", "recipient": address}
-    elif action == "gift_card":
-        job |= {
-            "brand": "Acme Coffee",
-            "denomination": rng.choice([5, 10, 25, 50]),
-            "recipient": address,
-            "return_address": ADDRESS,
-        }
-    elif action == "email":
-        job |= {"to": "jane@example.com", "subject": "Hi", "body": "Hello"}
-    elif action == "task":
-        job |= {"title": "Call Jane"}
-    else:
-        job |= {"lead_id": f"lead-{job_id}"}
-    return job  # fmt: skip
+FINAL = ("completed", "refunded", "rejected")
 
 
-def job_counts(db: Database) -> Counter:
-    with db.unit_of_work() as session:
-        rows = session.execute(select(Job.status, func.count()).group_by(Job.status)).all()
-    return Counter({status: n for status, n in rows})
+def dead_letter_reasons(db) -> list[str]:
+    return [letter["reason"] for letter in dead_letters(db)]
 
 
 def test_a_thousand_mixed_jobs_all_end_in_a_known_state_and_the_books_balance(stack, db):
     # given 10 members with plenty of credits and a stub at 70/15/10/5
-    stack.settings_env.update(MIX_RATES)
-    members = [funded_member(db, account_credits=5000, member_credits=4000, name=f"M{i}")
-               for i in range(10)]  # fmt: skip
-    settings = stack.settings()
-    client = CreditsClient(settings=settings)
-    rng = random.Random(7)
-    jobs_sent = [make_job(rng, f"mix-{i}", rng.choice(members).member_id) for i in range(1000)]
+    stack.settings_env.update(as_env(MIX_RATES))
+    members = funded_members(db, 10, credits=4000)
+    jobs_sent = mixed_jobs(members, 1000, seed=7, prefix="mix")
+    client = stack.client()
+    stub = stack.stub()
+    expected_in_doubt = {
+        (j["member_id"], j["job_id"])
+        for j in jobs_sent
+        if stub.planned_outcome(vendor_key(j["member_id"], j["job_id"])) == "timeout"
+    }
     stack.start_worker("w1", concurrency=2)
 
     # when all of them are sent
@@ -91,103 +58,79 @@ def test_a_thousand_mixed_jobs_all_end_in_a_known_state_and_the_books_balance(st
         client.send_action(job)
 
     # then every job settles: final, or submitted only where the vendor timed out
-    stub = StubProvider(make_redis(stack.redis_url), StubRates.from_settings(settings),
-                        prefix=settings.key_prefix)  # fmt: skip
-    expected_in_doubt = {
-        j["job_id"] for j in jobs_sent if stub.planned_outcome(j["job_id"]) == "timeout"
-    }
-
     def settled() -> bool:
         counts = job_counts(db)
-        done = counts["completed"] + counts["refunded"] + counts["rejected"]
-        return (
-            sum(counts.values()) == 1000
-            and done + counts["submitted"] == 1000
-            and (counts["submitted"] == len(expected_in_doubt))
-        )
+        done = sum(counts[s] for s in FINAL)
+        return done + counts["submitted"] == 1000 and counts["submitted"] == len(expected_in_doubt)
 
     wait_until(settled, 300, "1000 jobs to settle", every_s=0.5)
     with db.unit_of_work() as session:
-        rows = {j.job_id: j for j in session.scalars(select(Job))}
-        holds = {h.job_id: h for h in session.scalars(select(Hold))}
-    in_doubt = {jid for jid, j in rows.items() if j.status == "submitted"}
+        rows = {(j.member_id, j.job_id): j for j in session.scalars(select(Job))}
+        holds = {
+            (h.member_id, h.job_id): h
+            for h in session.execute(
+                select(Hold.job_id, Hold.state, Member.id.label("member_id")).join(
+                    Member, Member.wallet_id == Hold.wallet_id
+                )
+            )
+        }
+    in_doubt = {key for key, j in rows.items() if j.status == "submitted"}
     assert in_doubt == expected_in_doubt
     delivered_cost = sum(j.cost for j in rows.values() if j.status == "completed")
     report = reconcile(db)
     assert report.ok, report.problems
     assert report.figures["spent"] == delivered_cost
-    for jid, job in rows.items():
-        hold = holds.get(jid)
-        if job.status == "refunded" and job.cost:
-            assert hold.state == "released"
-        if job.status == "completed" and job.cost:
-            assert hold.state == "captured"
-            assert stub.sends(jid) == 1
-        if job.status == "submitted" and job.cost:
-            assert hold.state == "held"
-    # and the stream carries exactly one final event per finished job
-    events = list(EventStream(make_redis(stack.redis_url), settings.stream).all())
-    finals = Counter(e["job_id"] for e in events if e["final"] == "1")
+    for key, job in rows.items():
+        expected_hold = {"refunded": "released", "completed": "captured", "submitted": "held"}
+        if job.cost and job.status in expected_hold:
+            assert holds[key].state == expected_hold[job.status], key
+        if job.status == "completed":
+            assert stub.sends(vendor_key(*key)) == 1, key
+    # and the stream carries exactly one final event per finished job, none for in-doubt ones
+    finals = stack.final_events()
     assert set(finals) == set(rows) - in_doubt
     assert set(finals.values()) == {1}
-    sample = next(e for e in events if e["status"] == "completed")
-    assert {"job_id", "flow_id", "step_id", "status", "cost", "available"} <= set(sample)
-
-
-def test_the_same_job_sent_twice_and_redelivered_is_charged_once(stack, db):
-    stack.settings_env.update(ALL_DELIVERED)
-    tree = funded_member(db, account_credits=100, member_credits=50)
-    settings = stack.settings()
-    client = CreditsClient(settings=settings)
-    note = {"job_id": "dup-1", "member_id": tree.member_id, "action": "handwritten_note",
-            "message": "Hi", "recipient": ADDRESS, "return_address": ADDRESS}  # fmt: skip
-    # given the same job sent twice, and the very same message published twice
-    client.send_action(note)
-    client.send_action(note)
-    with Connection(stack.redis_url) as conn:
-        producer = Producer(conn)
-        message = client._app.amqp.create_task_message(
-            "fixed-task-id", "credits.send_action", (), {"job": {**note, "job_id": "dup-2"}}
-        )
-        for _ in range(2):
-            producer.publish(
-                message.body, routing_key="credits.flow", exchange=Exchange("credits.flow"),
-                headers=message.headers, serializer="json", declare=list(QUEUES),
-            )  # fmt: skip
-    stack.start_worker("w1")
-
-    def done() -> bool:
-        return job_counts(db)["completed"] == 2
-
-    wait_until(done, 60, "both jobs to complete")
-    # let any straggling duplicate run to the end before checking the books
-    wait_until(lambda: _queue_empty(stack), 30, "queues to drain")
-    assert balances.balance(db, "member", tree.member_id).available == 40
-    assert reconcile(db).figures["spent"] == 10
-    events = list(EventStream(make_redis(stack.redis_url), settings.stream).all())
-    finals = Counter(e["job_id"] for e in events if e["final"] == "1")
-    assert finals == Counter({"dup-1": 1, "dup-2": 1})
-
-
-def _queue_empty(stack) -> bool:
-    redis = make_redis(stack.redis_url)
-    return (
-        redis.llen("credits.flow") == 0
-        and redis.llen("credits.instant") == 0
-        and (redis.hlen("unacked") == 0)
+    sample = next(e for e in stack.events() if e["status"] == "completed")
+    assert {"job_id", "member_id", "flow_id", "step_id", "status", "cost", "available"} <= set(
+        sample
     )
 
 
+def test_the_same_job_sent_twice_and_redelivered_is_charged_once(stack, db):
+    stack.settings_env.update(as_env(ALL_DELIVERED))
+    tree = funded_member(db, account_credits=100, member_credits=50)
+    client = stack.client()
+    # given the same job sent twice, and the very same signed message published twice
+    client.send_action(note("dup-1", tree.member_id))
+    client.send_action(note("dup-1", tree.member_id))
+    producer = stack.broker_app()
+    for _ in range(2):
+        producer.send_task(SEND_ACTION_TASK, kwargs=message(note("dup-2", tree.member_id)),
+                           task_id="fixed-task-id", queue=FLOW_QUEUE)  # fmt: skip
+
+    # when a worker runs them all
+    stack.start_worker("w1")
+
+    # then each job completes and is charged once, and told once
+    wait_until(lambda: job_counts(db)["completed"] == 2, 60, "both jobs to complete")
+    # let any straggling duplicate run to the end before checking the books
+    wait_until(stack.broker_idle, 30, "queues to drain")
+    assert balances.balance(db, "member", tree.member_id).available == 40
+    assert reconcile(db).figures["spent"] == 10
+    assert stack.final_events() == Counter({(tree.member_id, "dup-1"): 1,
+                                           (tree.member_id, "dup-2"): 1})  # fmt: skip
+    stub = stack.stub()
+    assert [stub.sends(vendor_key(tree.member_id, j)) for j in ("dup-1", "dup-2")] == [1, 1]
+
+
 def test_fifty_notes_against_twelve_credits_with_two_workers_complete_exactly_two(stack, db):
-    stack.settings_env.update(ALL_DELIVERED)
+    stack.settings_env.update(as_env(ALL_DELIVERED))
     tree = funded_member(db, account_credits=12, member_credits=12)
-    client = CreditsClient(settings=stack.settings())
+    client = stack.client()
     stack.start_worker("w1", concurrency=1)
     stack.start_worker("w2", concurrency=1)
     for i in range(50):
-        client.send_action({"job_id": f"note-{i}", "member_id": tree.member_id,
-                            "action": "handwritten_note", "message": "Hi",
-                            "recipient": ADDRESS, "return_address": ADDRESS})  # fmt: skip
+        client.send_action(note(f"note-{i}", tree.member_id))
 
     def settled() -> bool:
         counts = job_counts(db)
@@ -202,81 +145,122 @@ def test_fifty_notes_against_twelve_credits_with_two_workers_complete_exactly_tw
 
 
 def test_bad_messages_are_dead_lettered_and_the_worker_keeps_running(stack, db):
-    stack.settings_env.update(ALL_DELIVERED)
+    stack.settings_env.update(as_env(ALL_DELIVERED))
     tree = funded_member(db, account_credits=20, member_credits=10)
-    settings = stack.settings()
-    client = CreditsClient(settings=settings)
-    good = {"job_id": "good-1", "member_id": tree.member_id, "action": "postcard",
-            "message": "Hi", "recipient": ADDRESS}  # fmt: skip
+    client = stack.client()
+    good = postcard("good-1", tree.member_id)
     client.send_action(good)
     worker = stack.start_worker("w1")
     wait_until(lambda: job_counts(db)["completed"] == 1, 60, "the first good job")
 
-    # when garbage of every kind arrives
-    with Connection(stack.redis_url) as conn:
-        producer = Producer(conn)
-        # Declaring the queues binds them, so a raw publish cannot be dropped unrouted.
-        raw = dict(routing_key="credits.flow", exchange=Exchange("credits.flow"),
-                   declare=list(QUEUES))  # fmt: skip
-        producer.publish(b"\xff\x00 not json {", content_type="application/json",
-                         content_encoding="binary", **raw)  # fmt: skip
-        producer.publish(b"\x80\x04K\x01.", content_type="application/x-python-serialize",
-                         content_encoding="binary", **raw)  # fmt: skip
-        bad_jobs = [
-            {"job_id": "bad-action", "member_id": tree.member_id, "action": "fax"},
-            {"job_id": "bad-types", "member_id": "seven", "action": "task", "title": 5},
-            {"job_id": "no-member", "member_id": 999999, "action": "task", "title": "x"},
-            {**good, "message": "different content"},  # same job_id, other content
-            "a plain string",
-        ]
-        for body in bad_jobs:
-            message = client._app.amqp.create_task_message(
-                f"id-{bad_jobs.index(body)}", "credits.send_action", (), {"job": body}
-            )
-            producer.publish(message.body, headers=message.headers, serializer="json", **raw)
-        unknown = client._app.amqp.create_task_message("id-x", "credits.no_such_task", (), {})
-        producer.publish(unknown.body, headers=unknown.headers, serializer="json", **raw)
-    client.send_action({**good, "job_id": "good-2"})
+    # when garbage of every kind arrives, each signed where a signature could be given, so
+    # that it gets past the signature check to the step that must refuse it
+    stack.publish_raw(b"\xff\x00 not json {", content_type="application/json")
+    stack.publish_raw(b"\x80\x04K\x01.", content_type="application/x-python-serialize")
+    bad_jobs = [
+        {"job_id": "bad-action", "member_id": tree.member_id, "action": "fax"},
+        {"job_id": "bad-types", "member_id": "seven", "action": "task", "title": 5},
+        {"job_id": "no-member", "member_id": 999999, "action": "task", "title": "x"},
+        {**good, "message": "different content"},  # same job_id, other content
+        "a plain string",
+    ]
+    producer = stack.broker_app()
+    for body in bad_jobs:
+        producer.send_task(SEND_ACTION_TASK, kwargs=message(body), queue=FLOW_QUEUE)
+    extra = {**message(postcard("extra-kwarg", tree.member_id)), "priority": "high"}
+    producer.send_task(SEND_ACTION_TASK, kwargs=extra, queue=FLOW_QUEUE)
+    producer.send_task(SEND_ACTION_TASK, args=(postcard("positional", tree.member_id),),
+                       queue=FLOW_QUEUE)  # fmt: skip
+    producer.send_task("credits.no_such_task", queue=FLOW_QUEUE)
+    client.send_action(postcard("good-2", tree.member_id))
 
     # then each is recorded with its reason, nobody is charged, and the worker lives on
     wait_until(lambda: job_counts(db)["completed"] == 2, 60, "the second good job")
-
-    def dead_letters() -> list[str]:
-        with db.unit_of_work() as session:
-            return [d.reason for d in session.scalars(select(DeadLetter))]
-
     # Two pool processes: the good job may finish before the last bad one is recorded.
-    reasons = wait_until(lambda: len(dead_letters()) >= 8 and dead_letters(), 60, "8 letters")
+    reasons = wait_until(
+        lambda: len(dead_letter_reasons(db)) >= 10 and dead_letter_reasons(db), 60, "10 letters"
+    )
     joined = "\n".join(reasons)
-    assert len(reasons) == 8, joined
+    assert len(reasons) == 10, joined
     for needle in ("undecodable", "unknown action 'fax'", "member_id", "member 999999",
-                   "different content", "JSON object, got str", "unknown task"):  # fmt: skip
+                   "different content", "JSON object, got str", "unexpected arguments",
+                   "positional argument", "unknown task"):  # fmt: skip
         assert needle in joined, f"{needle!r} not in dead letters:\n{joined}"
     assert worker.alive
     assert balances.balance(db, "member", tree.member_id).available == 8
     assert reconcile(db).ok
 
 
-def test_invalid_job_is_refused_by_the_producer_before_publishing(stack):
-    from shared.errors import InvalidRequest
+def envelope(body: str, **overrides: object) -> bytes:
+    """A queue entry shaped like kombu's Redis envelope, with ``overrides`` applied."""
+    entry = {
+        "body": body, "content-encoding": "utf-8", "content-type": "application/json",
+        "headers": {}, "properties": {
+            "body_encoding": "base64", "delivery_tag": "raw-1", "priority": 0,
+            "delivery_info": {"exchange": FLOW_QUEUE, "routing_key": FLOW_QUEUE},
+        },
+    }  # fmt: skip
+    return json.dumps({**entry, **overrides}).encode()
 
-    client = CreditsClient(settings=stack.settings())
+
+def test_raw_queue_entries_that_are_no_message_are_kept_and_the_worker_goes_on(stack, db):
+    stack.settings_env.update(as_env(ALL_DELIVERED))
+    tree = funded_member(db, account_credits=20, member_credits=10)
+    worker = stack.start_worker("w1")
+    # when entries no Celery client would write are pushed onto the queue itself
+    entries = {
+        "not JSON": b"\xff\x00 not json {",
+        "a JSON list": b"[1, 2, 3]",
+        "bad base64": envelope("!!! not base64 !!!"),
+        "no properties": envelope(base64.b64encode(b"{}").decode(), properties=None),
+        "unknown content type": envelope(base64.b64encode(b"x").decode(),
+                                         **{"content-type": "application/x-made-up"}),
+    }  # fmt: skip
+    redis = stack.redis()
+    for entry in entries.values():
+        redis.lpush(stack.queue_key(FLOW_QUEUE), entry)
+    stack.client().send_action(postcard("after-garbage", tree.member_id))
+
+    # then the worker keeps running and serves the next job
+    wait_until(lambda: job_counts(db)["completed"] == 1, 60, "the job after the garbage")
+    assert worker.alive
+    # and every entry is a dead letter, its bytes kept as they came; nobody was charged
+    letters = wait_until(lambda: len(raw_dead_letters(db)) >= 5 and raw_dead_letters(db), 30,
+                         "5 letters")  # fmt: skip
+    assert len(letters) == 5, letters
+    assert {raw for raw, _queue, _reason in letters} >= {entries["not JSON"],
+                                                         entries["a JSON list"]}  # fmt: skip
+    assert {queue for _raw, queue, _reason in letters} == {FLOW_QUEUE}
+    assert all(reason.startswith("undecodable") for _raw, _queue, reason in letters), letters
+    assert balances.balance(db, "member", tree.member_id).available == 9
+    assert reconcile(db).ok
+
+
+def raw_dead_letters(db) -> list[tuple[bytes, str, str]]:
+    """Each dead letter's bytes as received, its queue and its reason, oldest first."""
+    with db.unit_of_work() as session:
+        rows = session.execute(
+            select(DeadLetter.raw, DeadLetter.queue, DeadLetter.reason).order_by(DeadLetter.id)
+        )
+        return [(bytes(raw), queue, reason) for raw, queue, reason in rows]
+
+
+def test_invalid_job_is_refused_by_the_producer_before_publishing(stack):
+    client = stack.client()
+    atlantis = {**ADDRESS, "country": "Atlantis"}
     with pytest.raises(InvalidRequest, match=r"recipient\.country"):
-        atlantis = {**ADDRESS, "country": "Atlantis"}
-        client.send_action({"job_id": "x", "member_id": 1, "action": "postcard",
-                            "message": "Hi", "recipient": atlantis})  # fmt: skip
-    assert make_redis(stack.redis_url).llen("credits.flow") == 0
+        client.send_action(postcard("x", 1, recipient=atlantis))
+    assert stack.redis().llen(stack.queue_key(FLOW_QUEUE)) == 0
 
 
 def test_instant_jobs_jump_ahead_of_queued_flow_steps(stack, db):
-    stack.settings_env.update(ALL_DELIVERED)
+    stack.settings_env.update(as_env(ALL_DELIVERED))
     tree = funded_member(db, account_credits=100, member_credits=100)
-    client = CreditsClient(settings=stack.settings())
+    client = stack.client()
+    task = {"member_id": tree.member_id, "action": "task", "title": "t"}
     for i in range(30):
-        client.send_action({"job_id": f"flow-{i}", "member_id": tree.member_id,
-                            "action": "task", "title": "t"})  # fmt: skip
-    client.send_action({"job_id": "instant-1", "member_id": tree.member_id, "action": "task",
-                        "title": "now", "source": "instant"})  # fmt: skip
+        client.send_action({**task, "job_id": f"flow-{i}"})
+    client.send_action({**task, "job_id": "instant-1", "source": "instant"})
     stack.start_worker("w1", concurrency=1)
     wait_until(lambda: job_counts(db)["completed"] == 31, 60, "all 31 tasks")
     with db.unit_of_work() as session:

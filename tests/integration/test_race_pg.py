@@ -1,15 +1,12 @@
 """Races on real PostgreSQL: many threads start together and the ledger must not budge.
 
-Every thread waits on one barrier, then calls the service; the database's conditional
-UPDATEs and unique constraints, not Python, decide who wins.
+Every thread waits on one barrier (``tests.helpers.race``), then calls the service; the
+database's conditional UPDATEs and unique constraints, not Python, decide who wins.
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import func, select
@@ -17,9 +14,10 @@ from sqlalchemy import func, select
 from shared.db import Database
 from shared.errors import HoldAlreadyResolved, InsufficientCredits
 from shared.models import Hold, LedgerTransaction
-from shared.services import balances, directory, ledger
+from shared.services import balances, directory, holds, ledger
 from shared.services.reconcile import reconcile
 from tests.factories import funded_member
+from tests.helpers import failures, race, successes
 
 THREADS = 20
 
@@ -34,29 +32,6 @@ def db(pg_url: str) -> Iterator[Database]:
         database.dispose()
 
 
-def race(n: int, call: Callable[[int], Any]) -> list[Any]:
-    """Run ``call(i)`` in ``n`` threads released at once; return each result or exception."""
-    barrier = threading.Barrier(n, timeout=30)
-
-    def one(i: int) -> Any:
-        barrier.wait()
-        try:
-            return call(i)
-        except Exception as exc:
-            return exc
-
-    with ThreadPoolExecutor(max_workers=n) as pool:
-        return list(pool.map(one, range(n)))
-
-
-def successes(results: list[Any]) -> list[Any]:
-    return [r for r in results if not isinstance(r, Exception)]
-
-
-def failures(results: list[Any]) -> list[Exception]:
-    return [r for r in results if isinstance(r, Exception)]
-
-
 def assert_books_sound(db: Database) -> None:
     report = reconcile(db)
     assert report.ok, report.problems
@@ -66,7 +41,7 @@ def test_twenty_holds_of_5_on_12_credits_exactly_two_win(db):
     # given James with 12 credits available
     tree = funded_member(db, account_credits=50, member_credits=12)
     # when 20 jobs try to hold 5 each at the same moment
-    results = race(THREADS, lambda i: ledger.hold(db, f"job-{i}", tree.member_id, 5))
+    results = race(THREADS, lambda i: holds.hold(db, f"job-{i}", tree.member_id, 5))
     # then exactly two holds succeed and the other 18 are told there is not enough
     assert len(successes(results)) == 2
     assert len(failures(results)) == 18
@@ -74,16 +49,16 @@ def test_twenty_holds_of_5_on_12_credits_exactly_two_win(db):
     wallet = balances.balance(db, "member", tree.member_id)
     assert (wallet.available, wallet.held) == (2, 10)
     with db.unit_of_work() as session:
-        holds = session.scalars(select(Hold)).all()
-    assert sorted(h.job_id for h in holds) == sorted(r.job_id for r in successes(results))
-    assert all(h.state == "held" and h.amount == 5 for h in holds)
+        rows = session.scalars(select(Hold)).all()
+    assert sorted(h.job_id for h in rows) == sorted(r.job_id for r in successes(results))
+    assert all(h.state == "held" and h.amount == 5 for h in rows)
     assert_books_sound(db)
 
 
 def test_ten_deliveries_of_one_job_hold_its_credits_once(db):
     tree = funded_member(db, account_credits=50, member_credits=12)
     # when the same job is delivered ten times at once
-    results = race(10, lambda i: ledger.hold(db, "job-1", tree.member_id, 5))
+    results = race(10, lambda i: holds.hold(db, "job-1", tree.member_id, 5))
     # then all ten see the one hold, and only one of them made it
     assert failures(results) == []
     assert [r.replayed for r in results].count(False) == 1
@@ -99,14 +74,47 @@ def test_ten_deliveries_of_one_job_hold_its_credits_once(db):
     assert_books_sound(db)
 
 
+def test_racing_holds_of_one_job_for_the_whole_balance_replay_the_winner(db):
+    # The loser of this race finds the credits already gone to the winner's hold of the
+    # same job: it must replay that hold, not report InsufficientCredits. Ten rounds,
+    # because the loser can lose at the UNIQUE hold or at the balance check.
+    for trial in range(10):
+        tree = funded_member(db, account_credits=5, member_credits=5, name=f"M{trial}")
+        # when four deliveries of one job hold exactly the member's balance at once
+        results = race(4, lambda i, m=tree.member_id: holds.hold(db, "job-1", m, 5))
+        # then one holds it and three replay that hold
+        assert failures(results) == [], (trial, failures(results))
+        assert sorted(r.replayed for r in results) == [False, True, True, True], trial
+        wallet = balances.balance(db, "member", tree.member_id)
+        assert (wallet.available, wallet.held) == (0, 5), trial
+    assert_books_sound(db)
+
+
+def test_one_job_id_held_by_two_members_at_once_is_two_holds(db):
+    tree = funded_member(db, account_credits=20, member_credits=10)
+    other = directory.add_member(db, tree.workspace_id, "Ben").id
+    ledger.allocate(db, "workspace", tree.workspace_id, amount=10)
+    ledger.allocate(db, "member", other, amount=10)
+    members = [tree.member_id, other]
+    # when both members hold for "job-1" at the same moment
+    results = race(2, lambda i: holds.hold(db, "job-1", members[i], 5))
+    # then each has a hold of their own, and neither replays the other's
+    assert failures(results) == []
+    assert [r.replayed for r in results] == [False, False]
+    for member in members:
+        wallet = balances.balance(db, "member", member)
+        assert (wallet.available, wallet.held) == (5, 5)
+    assert_books_sound(db)
+
+
 def test_ten_racing_captures_and_releases_resolve_a_hold_exactly_once(db):
     # given one open hold of 5
     tree = funded_member(db, account_credits=50, member_credits=12)
-    ledger.hold(db, "job-1", tree.member_id, 5)
+    holds.hold(db, "job-1", tree.member_id, 5)
 
     # when five threads capture it and five release it, all at once
     def resolve(i: int):
-        return (ledger.capture if i % 2 else ledger.release)(db, "job-1")
+        return (holds.capture if i % 2 else holds.release)(db, "job-1", tree.member_id)
 
     results = race(10, resolve)
 

@@ -17,7 +17,7 @@ from shared.db import Database
 from shared.queues import queues
 from tests.factories import SIGNING_KEY, stub_rates
 from worker.factory import create_app
-from worker.resources import resources_for
+from worker.resources import Resources, resources_for
 
 
 @pytest.fixture
@@ -49,12 +49,27 @@ def purge_broker(settings: Settings) -> None:
 
 
 @pytest.fixture
-def client(settings: Settings) -> Iterator[CreditsClient]:
+def empty_broker(settings: Settings) -> Iterator[None]:
+    """Empty queues before the test, and after it for the next one."""
     purge_broker(settings)
+    yield
+    purge_broker(settings)
+
+
+@pytest.fixture
+def client(settings: Settings, empty_broker: None) -> Iterator[CreditsClient]:
     producer = CreditsClient(settings=settings)
     yield producer
     producer.close()
-    purge_broker(settings)
+
+
+@pytest.fixture
+def resources(settings: Settings, empty_broker: None) -> Iterator[Resources]:
+    """What a worker process holds (database, fakeredis, stub vendor, a signing client),
+    for driving the recovery sweeps directly, without a worker."""
+    res = Resources(settings)
+    yield res
+    res.close()
 
 
 @pytest.fixture

@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 from pydantic import ValidationError
 
-from shared.config import load_settings, normalize_database_url
-from shared.errors import InvalidRequest
+from shared.config import BROKER_HEARTBEAT_S, load_settings, mask_url, normalize_database_url
+from shared.errors import ConfigurationError, InvalidRequest
 
-
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Start from the defaults: no CREDITS_* setting of the developer's shell leaks in."""
-    for name in list(os.environ):
-        if name.startswith("CREDITS_") and not name.startswith("CREDITS_TEST_"):
-            monkeypatch.delenv(name)
+# Start from the defaults: no CREDITS_* setting of the developer's shell leaks in.
+pytestmark = pytest.mark.usefixtures("clean_environment")
 
 
 @pytest.mark.parametrize(
@@ -147,3 +140,109 @@ def test_settings_cannot_change_after_start_up():
     settings = load_settings()
     with pytest.raises(ValidationError):
         settings.hold_ttl_s = 1.0  # type: ignore[misc]
+
+
+# ---------------------------------------------------------------- closed sets
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "allowed"),
+    [
+        ("CREDITS_PROVIDER", "acme-print", "'stub'"),
+        ("CREDITS_LOG_FORMAT", "xml", "'text' or 'json'"),
+        ("CREDITS_FAULT_CRASH_AT", "somewhere", "'after_hold'"),
+    ],
+)
+def test_a_closed_setting_outside_its_set_names_the_variable_and_the_choices(
+    monkeypatch: pytest.MonkeyPatch, variable, value, allowed
+):
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigurationError) as raised:
+        load_settings()
+    assert f"{variable}: Input should be" in str(raised.value)
+    assert allowed in str(raised.value)
+
+
+def test_fault_injection_needs_its_arming_phrase_too():
+    with pytest.raises(ConfigurationError, match="CREDITS_FAULT_ARMED='yes-kill-my-workers'"):
+        load_settings(fault_crash_at="after_hold")
+    armed = load_settings(fault_crash_at="after_hold", fault_armed="yes-kill-my-workers")
+    assert armed.fault_crash_at == "after_hold"
+
+
+# ---------------------------------------------------------------- secrets stay secret
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("CREDITS_REDIS_URL", "redis//:S3cret@x"),
+        ("CREDITS_REDIS_URL", "redis:/:S3cret@cache:6379/0"),
+        ("CREDITS_REDIS_URL", "http://user:S3cret@cache:6379/0"),
+        ("CREDITS_STUB_REDIS_URL", "redis//vendor:S3cret@x/2"),
+        ("CREDITS_BROKER_URL", "amqp//guest:S3cret@rabbit//"),
+        ("CREDITS_BROKER_URL", "http://guest:S3cret@rabbit//"),
+        ("CREDITS_DATABASE_URL", "postgresql//credits:S3cret@db/credits"),
+        ("CREDITS_DATABASE_URL", "mysql://credits:S3cret@db/credits"),
+    ],
+)
+def test_a_configuration_error_never_prints_a_url_password(
+    monkeypatch: pytest.MonkeyPatch, variable, value
+):
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigurationError) as raised:
+        load_settings()
+    assert f"{variable}:" in str(raised.value)
+    assert "S3cret" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:S3cret@cache:6379/0", "redis://:***@cache:6379/0"),
+        ("amqp://guest:S3cret@rabbit//", "amqp://guest:***@rabbit//"),
+        ("redis//:S3cret@x", "***@x"),
+        ("redis://cache:6379/0", "redis://cache:6379/0"),
+        ("redis://user@cache:6379/0", "redis://user@cache:6379/0"),
+    ],
+)
+def test_mask_url_hides_the_password_and_nothing_else(url, shown):
+    assert mask_url(url) == shown
+
+
+def test_a_short_signing_secret_is_refused_without_printing_it():
+    with pytest.raises(ConfigurationError) as raised:
+        load_settings(job_signing_key="prod-1:tooShortSecret")
+    assert "CREDITS_JOB_SIGNING_KEY" in str(raised.value)
+    assert "at least 32 characters" in str(raised.value)
+    assert "tooShortSecret" not in str(raised.value)
+
+
+def test_a_malformed_verify_key_is_named_by_its_position_not_its_secret():
+    good = "old-1:" + "o" * 40
+    with pytest.raises(ConfigurationError) as raised:
+        load_settings(job_verify_keys=f"{good},no colon here " + "x" * 40)
+    assert "CREDITS_JOB_VERIFY_KEYS entry 2" in str(raised.value)
+    assert "o" * 40 not in str(raised.value) and "x" * 40 not in str(raised.value)
+
+
+def test_signing_keys_are_not_shown_in_the_settings_repr():
+    settings = load_settings(job_signing_key="prod-1:" + "s" * 40)
+    assert "s" * 40 not in repr(settings)
+    assert settings.signing_key() == ("prod-1", "s" * 40)
+
+
+# ---------------------------------------------------------------- clocks
+
+
+def test_the_in_doubt_age_must_exceed_the_job_lock():
+    with pytest.raises(ConfigurationError, match="CREDITS_IN_DOUBT_AFTER_S must exceed"):
+        load_settings(in_doubt_after_s=90, job_lock_timeout_s=90)
+    assert load_settings(in_doubt_after_s=91, job_lock_timeout_s=90).in_doubt_after_s == 91
+
+
+def test_the_redelivery_delay_follows_the_broker():
+    redis = load_settings(visibility_timeout_s=3600, restore_interval_s=10)
+    rabbit = load_settings(broker_url="amqp://rabbit//")
+    assert redis.redelivery_delay_s == 3600 + 10 + 30
+    assert rabbit.redelivery_delay_s == 2 * BROKER_HEARTBEAT_S + 30

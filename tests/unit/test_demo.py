@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from shared.cli import main
+import pytest
+
+from entrypoints.cli import main
+
+pytestmark = pytest.mark.usefixtures("clean_environment")
 
 
 def test_embedded_demo_settles_every_job_and_reconciles(capsys):

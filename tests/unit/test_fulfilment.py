@@ -1,4 +1,5 @@
-"""The stub fulfilment provider on fakeredis: seeded outcomes, vendor idempotency, outages."""
+"""The stub fulfilment provider on fakeredis: seeded outcomes, vendor idempotency, outages,
+the vendor timeout, and how settings pick the provider."""
 
 from __future__ import annotations
 
@@ -9,17 +10,25 @@ from itertools import count
 import fakeredis
 import pytest
 
-from shared.errors import PermanentVendorError, TransientVendorError, VendorOutcomeUnknown
-from shared.schemas import parse_job
-from worker import fulfilment
-from worker.fulfilment import StubProvider, StubRates, Submission, VendorStatus
+from shared.config import load_settings
+from shared.errors import (
+    ConfigurationError,
+    PermanentVendorError,
+    TransientVendorError,
+    VendorOutcomeUnknown,
+)
+from shared.schemas import Job, parse_job
+from tests.factories import email, gift_card, note, stub_rates
+from tests.helpers import failures, race
+from worker.fulfilment import Submission, VendorStatus, make_provider, stub
+from worker.fulfilment.stub import StubProvider, StubRates
 
-ADDRESS = {"name": "Jane Doe", "line1": "1 Main St", "city": "Springfield", "country": "US"}
 MIXED = StubRates(delivered=0.6, rejected=0.2, transient=0.15, timeout=0.05)
+PAYLOADS = {"handwritten_note": note, "gift_card": gift_card, "email": email}
 
 
 class FakeClock:
-    """Stands in for the ``time`` module inside worker.fulfilment; moves only when told."""
+    """Stands in for the ``time`` module inside the stub; moves only when told (or slept)."""
 
     def __init__(self, now: float = 1_000_000.0) -> None:
         self.now = now
@@ -42,12 +51,12 @@ def server() -> fakeredis.FakeServer:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     fake = FakeClock()
-    monkeypatch.setattr(fulfilment, "time", fake)
+    monkeypatch.setattr(stub, "time", fake)
     return fake
 
 
-def stub(server: fakeredis.FakeServer, rates: StubRates = MIXED) -> StubProvider:
-    return StubProvider(fakeredis.FakeRedis(server=server), rates)
+def provider_on(server: fakeredis.FakeServer, rates: StubRates = MIXED, **kwargs) -> StubProvider:
+    return StubProvider(fakeredis.FakeRedis(server=server), rates, **kwargs)
 
 
 def only(outcome: str, **extra: object) -> StubRates:
@@ -57,22 +66,8 @@ def only(outcome: str, **extra: object) -> StubRates:
     return StubRates(**rates, **extra)
 
 
-def note(job_id: str, action: str = "handwritten_note"):
-    fields: dict[str, object] = {
-        "handwritten_note": {
-            "message": "Thanks!",
-            "recipient": ADDRESS,
-            "return_address": ADDRESS,
-        },
-        "gift_card": {
-            "brand": "Amazon",
-            "denomination": 25,
-            "recipient": ADDRESS,
-            "return_address": ADDRESS,
-        },
-        "email": {"to": "lead@example.com", "subject": "Hi", "body": "Hello"},
-    }[action]
-    return parse_job({"job_id": job_id, "member_id": 1, "action": action, **fields})
+def job(job_id: str, action: str = "handwritten_note") -> Job:
+    return parse_job(PAYLOADS[action](job_id, 1))
 
 
 def key_planned_for(provider: StubProvider, outcome: str, *, start: int = 0) -> str:
@@ -87,21 +82,21 @@ def key_planned_for(provider: StubProvider, outcome: str, *, start: int = 0) -> 
 
 
 def test_the_same_seed_draws_the_same_outcome_for_every_key(server):
-    first = stub(server)
-    second = stub(fakeredis.FakeServer())
+    first = provider_on(server)
+    second = provider_on(fakeredis.FakeServer())
     keys = [f"job-{i}" for i in range(500)]
     assert [first.planned_outcome(k) for k in keys] == [second.planned_outcome(k) for k in keys]
 
 
 def test_another_seed_draws_other_outcomes(server):
-    seeded = stub(server, StubRates(0.6, 0.2, 0.15, 0.05, seed=1))
+    seeded = provider_on(server, StubRates(0.6, 0.2, 0.15, 0.05, seed=1))
     keys = [f"job-{i}" for i in range(500)]
-    same = sum(stub(server).planned_outcome(k) == seeded.planned_outcome(k) for k in keys)
+    same = sum(provider_on(server).planned_outcome(k) == seeded.planned_outcome(k) for k in keys)
     assert same < len(keys) * 0.9
 
 
 def test_outcomes_follow_the_configured_rates_over_2000_keys(server):
-    provider = stub(server)
+    provider = provider_on(server)
     drawn = Counter(provider.planned_outcome(f"flow-{i}:step") for i in range(2000))
     for outcome, rate in (("delivered", 0.6), ("rejected", 0.2), ("transient", 0.15)):
         assert abs(drawn[outcome] / 2000 - rate) < 0.04, drawn
@@ -109,7 +104,9 @@ def test_outcomes_follow_the_configured_rates_over_2000_keys(server):
 
 
 def test_a_zero_rate_is_never_drawn(server):
-    provider = stub(server, StubRates(delivered=0.5, rejected=0.5, transient=0.0, timeout=0.0))
+    provider = provider_on(
+        server, StubRates(delivered=0.5, rejected=0.5, transient=0.0, timeout=0.0)
+    )
     drawn = {provider.planned_outcome(f"k{i}") for i in range(500)}
     assert drawn == {"delivered", "rejected"}
 
@@ -118,10 +115,10 @@ def test_a_zero_rate_is_never_drawn(server):
 
 
 def test_a_delivered_key_returns_a_submission_from_the_vendor_of_its_action(server):
-    provider = stub(server, only("delivered"))
-    sent = provider.submit(note("n-1"), idempotency_key="n-1")
-    card = provider.submit(note("g-1", "gift_card"), idempotency_key="g-1")
-    mail = provider.submit(note("e-1", "email"), idempotency_key="e-1")
+    provider = provider_on(server, only("delivered"))
+    sent = provider.submit(job("n-1"), idempotency_key="n-1")
+    card = provider.submit(job("g-1", "gift_card"), idempotency_key="g-1")
+    mail = provider.submit(job("e-1", "email"), idempotency_key="e-1")
     assert sent.vendor == "print-house" and sent.ref.startswith("PH-")
     assert card.vendor == "gift-vendor" and card.ref.startswith("GC-")
     assert mail.vendor == "channel-gateway" and mail.ref.startswith("CH-")
@@ -130,39 +127,39 @@ def test_a_delivered_key_returns_a_submission_from_the_vendor_of_its_action(serv
 
 
 def test_a_transient_key_fails_transient_attempts_times_then_delivers(server):
-    provider = stub(server, only("transient", transient_attempts=3))
+    provider = provider_on(server, only("transient", transient_attempts=3))
     for attempt in (1, 2, 3):
         with pytest.raises(TransientVendorError, match=f"attempt {attempt}"):
-            provider.submit(note("t-1"), idempotency_key="t-1")
+            provider.submit(job("t-1"), idempotency_key="t-1")
         assert provider.sends("t-1") == 0
         assert provider.status("t-1") == VendorStatus.UNKNOWN
-    sent = provider.submit(note("t-1"), idempotency_key="t-1")
+    sent = provider.submit(job("t-1"), idempotency_key="t-1")
     assert isinstance(sent, Submission)
     assert provider.status("t-1") == VendorStatus.DELIVERED
     assert provider.sends("t-1") == 1
 
 
 def test_a_rejected_key_raises_permanent_error_and_status_says_failed(server):
-    provider = stub(server, only("rejected"))
+    provider = provider_on(server, only("rejected"))
     with pytest.raises(PermanentVendorError, match="address undeliverable"):
-        provider.submit(note("r-1"), idempotency_key="r-1")
+        provider.submit(job("r-1"), idempotency_key="r-1")
     assert provider.status("r-1") == VendorStatus.FAILED
     assert provider.sends("r-1") == 0
 
 
 def test_a_rejected_key_stays_rejected_when_submitted_again(server):
-    provider = stub(server, only("rejected"))
+    provider = provider_on(server, only("rejected"))
     for _ in range(3):
         with pytest.raises(PermanentVendorError):
-            provider.submit(note("r-1", "gift_card"), idempotency_key="r-1")
+            provider.submit(job("r-1", "gift_card"), idempotency_key="r-1")
     assert provider.status("r-1") == VendorStatus.FAILED
     assert provider.sends("r-1") == 0
 
 
 def test_a_timeout_is_pending_until_pending_s_then_settles(server, clock):
-    provider = stub(server, only("timeout", pending_s=30.0))
+    provider = provider_on(server, only("timeout", pending_s=30.0))
     with pytest.raises(VendorOutcomeUnknown, match="did not answer"):
-        provider.submit(note("o-1"), idempotency_key="o-1")
+        provider.submit(job("o-1"), idempotency_key="o-1")
     assert provider.status("o-1") == VendorStatus.PENDING
     clock.advance(29.0)
     assert provider.status("o-1") == VendorStatus.PENDING
@@ -171,11 +168,11 @@ def test_a_timeout_is_pending_until_pending_s_then_settles(server, clock):
 
 
 def test_timeouts_settle_as_delivered_or_failed_and_only_delivered_ones_were_sent(server, clock):
-    provider = stub(server, only("timeout", pending_s=1.0))
+    provider = provider_on(server, only("timeout", pending_s=1.0))
     keys = [f"o-{i}" for i in range(40)]
     for key in keys:
         with pytest.raises(VendorOutcomeUnknown):
-            provider.submit(note(key), idempotency_key=key)
+            provider.submit(job(key), idempotency_key=key)
     clock.advance(2.0)
     settled = {key: provider.status(key) for key in keys}
     assert set(settled.values()) == {VendorStatus.DELIVERED, VendorStatus.FAILED}
@@ -184,13 +181,13 @@ def test_timeouts_settle_as_delivered_or_failed_and_only_delivered_ones_were_sen
 
 
 def test_resubmitting_a_timed_out_key_replays_what_really_happened(server, clock):
-    provider = stub(server, only("timeout", pending_s=1.0))
+    provider = provider_on(server, only("timeout", pending_s=1.0))
     outcomes = {}
     for key in (f"o-{i}" for i in range(20)):
         with pytest.raises(VendorOutcomeUnknown):
-            provider.submit(note(key), idempotency_key=key)
+            provider.submit(job(key), idempotency_key=key)
         try:
-            provider.submit(note(key), idempotency_key=key)
+            provider.submit(job(key), idempotency_key=key)
             outcomes[key] = "delivered"
         except PermanentVendorError:
             outcomes[key] = "failed"
@@ -204,42 +201,27 @@ def test_resubmitting_a_timed_out_key_replays_what_really_happened(server, clock
 
 
 def test_the_same_key_submitted_again_never_sends_twice(server):
-    provider = stub(server, only("delivered"))
-    refs = {provider.submit(note("d-1"), idempotency_key="d-1").ref for _ in range(5)}
+    provider = provider_on(server, only("delivered"))
+    refs = {provider.submit(job("d-1"), idempotency_key="d-1").ref for _ in range(5)}
     assert len(refs) == 1
     assert provider.sends("d-1") == 1
 
 
 def test_two_workers_sharing_the_vendor_send_a_key_once(server):
-    key = key_planned_for(stub(server), "delivered")
-    first, second = stub(server), stub(server)
-    first.submit(note(key), idempotency_key=key)
-    second.submit(note(key), idempotency_key=key)
+    key = key_planned_for(provider_on(server), "delivered")
+    first, second = provider_on(server), provider_on(server)
+    first.submit(job(key), idempotency_key=key)
+    second.submit(job(key), idempotency_key=key)
     assert first.sends(key) == second.sends(key) == 1
 
 
 @pytest.mark.parametrize("threads", [2, 8])
 def test_concurrent_submits_of_one_key_send_it_once(server, threads):
-    barrier = threading.Barrier(threads)
-    results: list[object] = []
-
-    def submit() -> None:
-        provider = stub(server, only("delivered"))
-        barrier.wait()
-        try:
-            results.append(provider.submit(note("c-1"), idempotency_key="c-1"))
-        except Exception as exc:  # recorded, then asserted on below
-            results.append(exc)
-
-    workers = [threading.Thread(target=submit) for _ in range(threads)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(timeout=10)
-    assert len(results) == threads
-    assert all(isinstance(r, Submission) for r in results), results
+    results = race(threads, lambda _: provider_on(server, only("delivered")).submit(
+        job("c-1"), idempotency_key="c-1"))  # fmt: skip
+    assert failures(results) == []
     assert len({r.ref for r in results}) == 1
-    assert stub(server).sends("c-1") == 1
+    assert provider_on(server).sends("c-1") == 1
 
 
 class InterleavingRedis:
@@ -265,33 +247,25 @@ class InterleavingRedis:
 @pytest.mark.parametrize("outcome", ["delivered", "timeout"])
 def test_submits_that_all_saw_no_outcome_yet_still_send_once(server, outcome):
     threads = 4
-    barrier = threading.Barrier(threads)
-    results: list[object] = []
+    everyone_has_looked = threading.Barrier(threads)
 
-    def submit() -> None:
-        redis = InterleavingRedis(fakeredis.FakeRedis(server=server), barrier)
-        provider = StubProvider(redis, only(outcome))
-        try:
-            results.append(provider.submit(note("c-1"), idempotency_key="c-1"))
-        except Exception as exc:  # recorded, then asserted on below
-            results.append(exc)
+    def submit(_: int) -> Submission:
+        redis = InterleavingRedis(fakeredis.FakeRedis(server=server), everyone_has_looked)
+        return StubProvider(redis, only(outcome)).submit(job("c-1"), idempotency_key="c-1")
 
-    workers = [threading.Thread(target=submit) for _ in range(threads)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(timeout=10)
-    assert len(results) == threads
+    results = race(threads, submit)
     assert not any(isinstance(r, threading.BrokenBarrierError) for r in results), results
-    assert stub(server).sends("c-1") <= 1
+    assert provider_on(server).sends("c-1") <= 1
     if outcome == "delivered":
-        assert all(isinstance(r, Submission) for r in results), results
-        assert stub(server).sends("c-1") == 1
+        assert failures(results) == []
+        assert provider_on(server).sends("c-1") == 1
+    else:  # one call settled the key and cannot know; the others replay what it did
+        assert sum(isinstance(r, VendorOutcomeUnknown) for r in results) == 1, results
 
 
 def test_keys_are_independent(server):
-    provider = stub(server, only("delivered"))
-    provider.submit(note("a"), idempotency_key="a")
+    provider = provider_on(server, only("delivered"))
+    provider.submit(job("a"), idempotency_key="a")
     assert provider.sends("a") == 1
     assert provider.sends("b") == 0
     assert provider.status("b") == VendorStatus.UNKNOWN
@@ -301,41 +275,39 @@ def test_keys_are_independent(server):
 
 
 def test_during_an_outage_submit_is_transient_and_status_is_unreachable(server):
-    provider = stub(server, only("delivered"))
+    provider = provider_on(server, only("delivered"))
     provider.set_outage(True)
     assert provider.outage
     with pytest.raises(TransientVendorError, match="outage"):
-        provider.submit(note("x-1"), idempotency_key="x-1")
+        provider.submit(job("x-1"), idempotency_key="x-1")
     with pytest.raises(TransientVendorError, match="outage"):
         provider.status("x-1")
     assert provider.sends("x-1") == 0
 
 
 def test_after_an_outage_the_key_delivers_normally(server):
-    provider = stub(server, only("delivered"))
+    provider = provider_on(server, only("delivered"))
     provider.set_outage(True)
     with pytest.raises(TransientVendorError):
-        provider.submit(note("x-1"), idempotency_key="x-1")
+        provider.submit(job("x-1"), idempotency_key="x-1")
     provider.set_outage(False)
     assert not provider.outage
-    provider.submit(note("x-1"), idempotency_key="x-1")
+    provider.submit(job("x-1"), idempotency_key="x-1")
     assert provider.status("x-1") == VendorStatus.DELIVERED
     assert provider.sends("x-1") == 1
 
 
 def test_an_outage_is_seen_by_every_provider_on_the_same_redis(server):
-    stub(server).set_outage(True)
+    provider_on(server).set_outage(True)
     with pytest.raises(TransientVendorError):
-        stub(server).submit(note("x-1"), idempotency_key="x-1")
+        provider_on(server).submit(job("x-1"), idempotency_key="x-1")
 
 
 def test_a_key_the_vendor_never_saw_has_status_unknown(server):
-    assert stub(server).status("never-sent") == VendorStatus.UNKNOWN
+    assert provider_on(server).status("never-sent") == VendorStatus.UNKNOWN
 
 
 def test_rates_come_from_settings():
-    from shared.config import load_settings
-
     settings = load_settings(
         stub_delivered_rate=0.5,
         stub_rejected_rate=0.25,
@@ -350,15 +322,9 @@ def test_rates_come_from_settings():
 
 
 def test_a_send_that_loses_the_race_to_a_void_reports_the_void_and_never_sends(server):
-    import fakeredis
-
-    from shared.errors import PermanentVendorError
-    from shared.schemas import parse_job
-    from worker.fulfilment import StubProvider, StubRates
-
     redis = fakeredis.FakeRedis(server=server)
-    stub = StubProvider(redis, StubRates(1.0, 0.0, 0.0, 0.0), prefix="t:")
-    job = parse_job({"job_id": "v1", "member_id": 1, "action": "task", "title": "t"})
+    provider = StubProvider(redis, only("delivered"), prefix="t:")
+    task = parse_job({"job_id": "v1", "member_id": 1, "action": "task", "title": "t"})
     # the resolver voids the key just after the send read "no outcome yet"
     real_hget = redis.hget
     calls = {"n": 0}
@@ -366,11 +332,64 @@ def test_a_send_that_loses_the_race_to_a_void_reports_the_void_and_never_sends(s
     def hget(key, field):
         if field == "outcome" and calls["n"] == 0:
             calls["n"] += 1
-            stub.void("v1")
+            provider.void("v1")
             return None
         return real_hget(key, field)
 
     redis.hget = hget
     with pytest.raises(PermanentVendorError, match="voided"):
-        stub.submit(job, idempotency_key="v1")
-    assert stub.sends("v1") == 0
+        provider.submit(task, idempotency_key="v1")
+    assert provider.sends("v1") == 0
+
+
+# ---------------------------------------------------------------- the vendor timeout
+
+
+def test_a_vendor_slower_than_the_timeout_is_an_unknown_outcome_though_it_sent(server, clock):
+    # given a vendor that takes 0.5 s to 1.5 s, and a timeout of 0.2 s
+    provider = provider_on(server, only("delivered", latency_ms=1000), timeout_s=0.2)
+    started = clock.now
+    # when a note is sent
+    with pytest.raises(VendorOutcomeUnknown, match=r"no answer within 0\.2s"):
+        provider.submit(job("slow-1"), idempotency_key="slow-1")
+    # then the caller waited no longer than the timeout, and the vendor did act
+    assert clock.now - started == pytest.approx(0.2)
+    assert provider.sends("slow-1") == 1
+    assert provider.status("slow-1") == VendorStatus.DELIVERED
+
+
+def test_a_vendor_within_the_timeout_answers_normally(server, clock):
+    provider = provider_on(server, only("delivered", latency_ms=100), timeout_s=5.0)
+    started = clock.now
+    sent = provider.submit(job("quick-1"), idempotency_key="quick-1")
+    assert sent.ref.startswith("PH-")
+    assert 0.05 <= clock.now - started <= 0.15
+
+
+def test_asking_a_slow_vendor_again_replays_the_send_it_made(server, clock):
+    provider = provider_on(server, only("delivered", latency_ms=1000), timeout_s=0.2)
+    with pytest.raises(VendorOutcomeUnknown):
+        provider.submit(job("slow-1"), idempotency_key="slow-1")
+    again = provider.submit(job("slow-1"), idempotency_key="slow-1")
+    assert again.ref.startswith("PH-")
+    assert provider.sends("slow-1") == 1
+
+
+# ---------------------------------------------------------------- the provider setting
+
+
+def test_the_provider_setting_picks_the_stub_with_its_settings(server):
+    settings = load_settings(provider="stub", vendor_timeout_s=2.5, key_prefix="acme:",
+                             stub_seed=7, **stub_rates("rejected"))  # fmt: skip
+    provider = make_provider(settings, fakeredis.FakeRedis(server=server))
+    assert isinstance(provider, StubProvider)
+    assert provider.timeout_s == 2.5
+    assert provider.rates == StubRates.from_settings(settings)
+    with pytest.raises(PermanentVendorError):
+        provider.submit(job("r-1"), idempotency_key="r-1")
+    assert fakeredis.FakeRedis(server=server).exists("acme:stub:send:r-1")
+
+
+def test_a_provider_that_does_not_ship_is_refused_at_start_up():
+    with pytest.raises(ConfigurationError, match="CREDITS_PROVIDER: Input should be 'stub'"):
+        load_settings(provider="acme-print")

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 
 from shared.config import load_settings
 from shared.db import Database
-from shared.errors import NotFound
+from shared.errors import NotFound, PermanentVendorError
 from shared.models import DeadLetter, Job, JobTransition, LedgerTransaction
 from shared.services import balances, job_reports, ledger
 from shared.services.reconcile import reconcile
@@ -203,6 +203,32 @@ def test_a_rejected_note_is_refunded_and_the_balance_restored(db, make_pipeline)
     assert (event["status"], event["final"]) == ("refunded", "1")
     assert "address undeliverable" in event["reason"]
     assert event["available"] == "20"
+    assert reconcile(db).ok
+
+
+def test_a_refusal_longer_than_the_detail_column_is_refunded_with_its_reason_cut(
+    db, make_pipeline, monkeypatch
+):
+    # given a vendor that explains its refusal at great length
+    member = member_with(db, 20)
+    pipeline = make_pipeline("delivered")
+    reason = "print-house refused: " + "the address cannot be read; " * 60
+    assert len(reason) > 1000
+
+    def refuse(job, *, idempotency_key):
+        raise PermanentVendorError(reason)
+
+    monkeypatch.setattr(pipeline.res.provider, "submit", refuse)
+    # when a note is sent
+    result = run(pipeline, note("j-1", member))
+    # then it is refunded, and what is recorded and told of the reason fits its column
+    assert result["status"] == "refunded"
+    found = report(db, "j-1")
+    assert found.history[-1]["detail"] == reason[:1000]
+    assert found.job.detail == reason[:1000]
+    assert wallet(db, member) == (20, 0)
+    (event,) = events_of(pipeline, "j-1")
+    assert event["reason"] == reason[:1000]
     assert reconcile(db).ok
 
 

@@ -9,8 +9,7 @@ import pytest
 from shared.errors import InvalidRequest
 from shared.pricing import ACTIONS
 from shared.schemas import MAX_JOB_BYTES, content_hash, job_dict, parse_job
-
-ADDRESS = {"name": "Jane Doe", "line1": "1 Main St", "city": "Springfield", "country": "US"}
+from tests.factories import ADDRESS
 
 
 def job(action: str, **overrides: object) -> dict:
