@@ -1,0 +1,135 @@
+"""The FastAPI application: the ``/v1`` API, the Team page, the OpenAPI document.
+
+``create_app(settings)`` builds an app; nothing happens at import. Its resources (the
+database, the producer client, the event reader) are made when the server starts, so a
+missing setting (CREDITS_JOB_SIGNING_KEY) stops ``credits serve`` at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import RedirectResponse
+from fastapi.staticfiles import StaticFiles
+from sqlalchemy import text
+
+from entrypoints.api import events, jobs, money, problems, team
+from entrypoints.api.auth import ResourcesDep
+from entrypoints.api.models import AllocationRequest
+from entrypoints.api.problems import Problem
+from entrypoints.api.state import Resources
+from shared.config import Settings, get_settings
+
+STATIC = Path(__file__).with_name("static")
+# The Team page loads only its own files; nothing may frame it.
+PAGE_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
+DESCRIPTION = """\
+Credits over HTTP: who am I, the account tree, allocations, top-ups, history, jobs and a
+stream of job outcomes.
+
+**Authentication**: `Authorization: Bearer <token>`; support makes tokens with
+`credits tokens create --member ID`. A token acts as its member, with the member's role.
+
+**Errors** are RFC 9457 problem details (`application/problem+json`) whose `code` is the
+CLI's error code. Not enough credits is **409** with code `InsufficientCredits`.
+
+**Idempotency**: `POST /v1/allocations` and `POST /v1/topups` need an `Idempotency-Key`
+header. A job's `job_id` is its idempotency key.
+"""
+
+
+def _version() -> str:
+    try:
+        return version("credits-worker")
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.resources = Resources.build(settings)
+        try:
+            yield
+        finally:
+            await app.state.resources.close()
+
+    app = FastAPI(
+        title="Credits API", version=_version(), description=DESCRIPTION, lifespan=lifespan,
+        docs_url="/docs", redoc_url=None,
+    )  # fmt: skip
+    problems.install(app)
+    for router in (money.router, jobs.router, events.router, team.router):
+        app.include_router(router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    _extra_routes(app)
+    app.middleware("http")(_headers)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+async def _headers(request: Request, call_next: Any) -> Any:
+    response = await call_next(request)
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    path = request.url.path
+    if path.startswith("/team"):
+        response.headers["Content-Security-Policy"] = PAGE_CSP
+        response.headers["X-Frame-Options"] = "DENY"
+    if path.startswith(("/team", "/v1")):
+        response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+def _extra_routes(app: FastAPI) -> None:
+    @app.get("/", include_in_schema=False)
+    def root() -> RedirectResponse:
+        return RedirectResponse("/team", status_code=303)
+
+    @app.get("/healthz", summary="Liveness and database check", tags=["ops"])
+    def healthz(res: ResourcesDep) -> dict[str, bool]:
+        with res.db.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        return {"ok": True}
+
+    @app.get("/problems", summary="Every problem type the API answers with", tags=["ops"])
+    def problem_types() -> list[dict[str, Any]]:
+        return problems.catalogue()
+
+    @app.get("/problems/{code}", summary="One problem type", tags=["ops"],
+             responses=problems.responses(404))  # fmt: skip
+    def problem_type(code: str) -> dict[str, Any]:
+        for found in problems.catalogue():
+            if found["code"] == code:
+                return found
+        from shared.errors import NotFound
+
+        raise NotFound("problem type", code)
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version,
+                             description=app.description, routes=app.routes)  # fmt: skip
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        job_request, job_defs = jobs.job_schema()
+        components.update(job_defs)
+        components["JobRequest"] = job_request | {
+            "description": "A send action. member_id comes from the token; job_id (the "
+            "idempotency key) is made when omitted; source defaults to 'instant'."
+        }
+        components["Problem"] = Problem.model_json_schema()
+        components.setdefault("AllocationRequest", AllocationRequest.model_json_schema())
+        app.openapi_schema = schema
+    return app.openapi_schema
