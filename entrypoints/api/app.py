@@ -21,7 +21,6 @@ from sqlalchemy import text
 
 from entrypoints.api import events, jobs, money, problems, team
 from entrypoints.api.auth import ResourcesDep
-from entrypoints.api.models import AllocationRequest
 from entrypoints.api.problems import Problem
 from entrypoints.api.state import Resources
 from shared.config import Settings, get_settings
@@ -130,6 +129,13 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
             "idempotency key) is made when omitted; source defaults to 'instant'."
         }
         components["Problem"] = Problem.model_json_schema()
-        components.setdefault("AllocationRequest", AllocationRequest.model_json_schema())
+        # The handler takes a plain object and validates it as the CLI does (same messages);
+        # the document shows the real shape.
+        schema["paths"]["/v1/jobs"]["post"]["requestBody"] = {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/JobRequest"}}
+            },
+        }
         app.openapi_schema = schema
     return app.openapi_schema

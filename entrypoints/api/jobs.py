@@ -85,14 +85,12 @@ def get_job(
     status_code=202,
     summary="Send an instant action as the token's member",
     responses=responses(400, 403, 404, 409, 422),
-    openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-        "schema": {"$ref": "#/components/schemas/JobRequest"}}}}},
-)  # fmt: skip
+)
 def send_job(
     response: Response,
     caller: CallerDep,
     res: ResourcesDep,
-    body: Annotated[dict[str, Any], Body(include_in_schema=False)],
+    body: Annotated[dict[str, Any], Body(description="A JobRequest.")],
 ) -> dict[str, Any]:
     member_id = _sender(caller, res, body.get("member_id"))
     payload = {"source": "instant", **body, "member_id": member_id}

@@ -187,5 +187,5 @@ def list_tokens(
                 "last_used_at": t.last_used_at.isoformat() if t.last_used_at else None,
                 "revoked_at": t.revoked_at.isoformat() if t.revoked_at else None,
             }
-            for t, member_name, role, account_id in session.execute(query).tuples()
+            for t, member_name, role, account_id in session.execute(query)
         ]
