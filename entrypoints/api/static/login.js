@@ -31,9 +31,14 @@
     signIn(input.value);
   });
 
-  const fromLink = new URLSearchParams(window.location.hash.slice(1)).get("token");
-  if (fromLink) {
-    history.replaceState(null, "", window.location.pathname);
-    signIn(fromLink);
+  function fromLink() {
+    const token = new URLSearchParams(window.location.hash.slice(1)).get("token");
+    if (token) {
+      history.replaceState(null, "", window.location.pathname);
+      signIn(token);
+    }
   }
+  // A link opened in a tab already on this page changes only the fragment.
+  window.addEventListener("hashchange", fromLink);
+  fromLink();
 })();
