@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,9 +14,9 @@ from shared.db import Database
 from shared.services import ledger
 from shared.services.balances import balance
 from tests.factories import ALL_DELIVERED, SIGNING_KEY, as_env, note
-from tests.integration.api_harness import ApiServer, World, seed, start_api
-from tests.integration.harness import ROOT, Stack
-from tests.services import missing
+from tests.integration.api_harness import CREDITS, ApiServer, World, seed, start_api
+from tests.integration.harness import ROOT, CeleryProcess, Stack
+from tests.services import free_port, missing, wait_for_port
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 CHROMIUM = "/usr/bin/chromium"
@@ -229,3 +230,44 @@ def test_the_page_is_served_with_a_strict_content_security_policy(api: ApiServer
     assert "script-src 'self'" in response.headers["Content-Security-Policy"]
     assert response.headers["X-Frame-Options"] == "DENY"
     assert "<script>" not in response.text  # no inline script for the policy to allow
+
+
+def test_demo_serve_prints_login_links_that_open_the_demo_team(
+    browser: Any, tmp_path: Path
+) -> None:
+    import re
+
+    from playwright.sync_api import expect
+
+    # given `credits demo --serve`: SQLite, in-process broker and Redis, no servers at all
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CREDITS_")}
+    demo = CeleryProcess(env, tmp_path / "demo.log", "demo", [CREDITS, "demo", "--serve",
+                         "--jobs", "30", "--port", str(port)], b"member (Chloe):",
+                         cwd=tmp_path)  # fmt: skip
+    demo.start()
+    try:
+        demo.wait_ready(180)
+        log = demo.log_path.read_text()
+        links = dict(re.findall(r"(owner|member) \(\w+\):\s+(http://127\.0\.0\.1:\d+/team/login#"
+                                r"token=credits_[\w-]+)", log))  # fmt: skip
+        assert set(links) == {"owner", "member"}, log[-2000:]
+        wait_for_port(port, timeout_s=30)
+        # when the member follows her link: her own row and badge only
+        context = browser.new_context()
+        page = context.new_page()
+        page.goto(links["member"])
+        page.wait_for_url("**/team")
+        expect(page.locator("tr[data-member-id]")).to_have_count(1)
+        expect(page.locator("tr[data-member-id]")).to_contain_text("Chloe")
+        context.close()
+        # and the owner's link shows the demo account's whole tree
+        context = browser.new_context()
+        page = context.new_page()
+        page.goto(links["owner"])
+        page.wait_for_url("**/team")
+        expect(page.locator("section.workspace")).to_have_count(2)
+        expect(page.locator(".stat-note").first).to_contain_text("Northwind Outreach")
+        context.close()
+    finally:
+        demo.stop()
