@@ -15,6 +15,7 @@ RUN pip install -r /tmp/requirements.lock && rm /tmp/requirements.lock
 COPY pyproject.toml README.md /src/
 COPY shared /src/shared
 COPY worker /src/worker
+COPY entrypoints /src/entrypoints
 RUN pip install --no-deps /src && rm -rf /src
 
 RUN useradd --create-home --home-dir /app --uid 10001 --user-group credits

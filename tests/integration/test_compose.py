@@ -41,8 +41,8 @@ from tests.services import (
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
 VENV_BIN = Path(sys.executable).parent
-APP_SERVICES = ("migrate", "worker", "beat", "flower")
-LONG_RUNNING = ("postgres", "redis", "worker", "beat", "flower")
+APP_SERVICES = ("migrate", "worker", "beat", "flower", "api")
+LONG_RUNNING = ("postgres", "redis", "worker", "beat", "flower", "api")
 # Variables that docker-compose.yml reads; none may be required (`${VAR:?...}`).
 VARIABLE = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)")
 
