@@ -13,11 +13,12 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
+from starlette.datastructures import MutableHeaders
 
 from entrypoints.api import events, jobs, money, problems, team
 from entrypoints.api.auth import ResourcesDep
@@ -73,22 +74,38 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     _extra_routes(app)
-    app.middleware("http")(_headers)
+    app.add_middleware(SecurityHeaders)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 
 
-async def _headers(request: Request, call_next: Any) -> Any:
-    response = await call_next(request)
-    response.headers.setdefault("X-Content-Type-Options", "nosniff")
-    response.headers.setdefault("Referrer-Policy", "no-referrer")
-    path = request.url.path
-    if path.startswith("/team"):
-        response.headers["Content-Security-Policy"] = PAGE_CSP
-        response.headers["X-Frame-Options"] = "DENY"
-    if path.startswith(("/team", "/v1")):
-        response.headers.setdefault("Cache-Control", "no-store")
-    return response
+class SecurityHeaders:
+    """Headers for every answer, as plain ASGI: no per-request task, and streams (SSE) pass
+    through untouched."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        page, api = path.startswith("/team"), path.startswith("/v1")
+
+        async def send_with_headers(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers.setdefault("X-Content-Type-Options", "nosniff")
+                headers.setdefault("Referrer-Policy", "no-referrer")
+                if page:
+                    headers["Content-Security-Policy"] = PAGE_CSP
+                    headers["X-Frame-Options"] = "DENY"
+                if page or api:
+                    headers.setdefault("Cache-Control", "no-store")
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 def _extra_routes(app: FastAPI) -> None:

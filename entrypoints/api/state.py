@@ -67,5 +67,5 @@ def _pool_options(settings: Settings) -> dict[str, Any]:
             "pool_timeout": DB_POOL_TIMEOUT_S}  # fmt: skip
 
 
-def resources(request: Request) -> Resources:
+async def resources(request: Request) -> Resources:
     return request.app.state.resources
