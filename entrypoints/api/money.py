@@ -99,20 +99,15 @@ def account_tree(account_id: IdPath, caller: CallerDep, res: ResourcesDep) -> di
     return balances.tree(res.db, account_id, actor=caller.actor)
 
 
-@router.post(
-    "/allocations",
-    response_model=TransferOut,
-    status_code=201,
-    summary="Allocate, reclaim, or set a workspace's or member's credits",
-    responses=responses(400, 403, 404, 409, 422),
-)
-def allocate(
-    body: AllocationRequest,
-    key: IdempotencyKey,
-    response: Response,
-    caller: CallerDep,
-    res: ResourcesDep,
-) -> dict[str, Any]:
+def moves_money(path: str, summary: str):
+    """A POST that moves credits: 201 with the transfer, 200 on a replay."""
+    return router.post(path, response_model=TransferOut, status_code=201, summary=summary,
+                       responses=responses(400, 403, 404, 409, 422))  # fmt: skip
+
+
+@moves_money("/allocations", "Allocate, reclaim, or set a workspace's or member's credits")
+def allocate(body: AllocationRequest, key: IdempotencyKey, response: Response,
+             caller: CallerDep, res: ResourcesDep) -> dict[str, Any]:  # fmt: skip
     kind, target = body.target
     transfer = ledger.allocate(
         res.db, kind, target, amount=body.amount, set_to=body.set_to, key=idempotency_key(key),
@@ -121,20 +116,9 @@ def allocate(
     return transfer_response(response, transfer, kind, target)
 
 
-@router.post(
-    "/topups",
-    response_model=TransferOut,
-    status_code=201,
-    summary="Add purchased credits to an account pool (support only)",
-    responses=responses(400, 403, 404, 409, 422),
-)
-def topup(
-    body: TopupRequest,
-    key: IdempotencyKey,
-    response: Response,
-    caller: CallerDep,
-    res: ResourcesDep,
-) -> dict[str, Any]:
+@moves_money("/topups", "Add purchased credits to an account pool (support only)")
+def topup(body: TopupRequest, key: IdempotencyKey, response: Response,
+          caller: CallerDep, res: ResourcesDep) -> dict[str, Any]:  # fmt: skip
     transfer = ledger.topup(res.db, body.account_id, body.amount, key=idempotency_key(key),
                             actor=caller.actor)  # fmt: skip
     return transfer_response(response, transfer, "account", body.account_id)

@@ -51,6 +51,15 @@ def call(api: ApiServer, world: World, who: str, method: str, path: str, **kw: A
         return client.request(method, path, **kw)
 
 
+def post(api: ApiServer, world: World, who: str, path: str, key: str, **body: Any):
+    """A money-moving POST as ``who``, with one Idempotency-Key."""
+    return call(api, world, who, "POST", path, json=body, headers={"Idempotency-Key": key})
+
+
+def allocate(api: ApiServer, world: World, who: str, key: str, **body: Any):
+    return post(api, world, who, "/v1/allocations", key, **body)
+
+
 def record_job(db: Database, job_id: str, member_id: int) -> None:
     """A job as a worker records it, without a worker: received, priced, held, submitted."""
     jobs.accept(db, parse_job(note(job_id, member_id)), load_catalog(), hold_ttl_s=600,
@@ -165,18 +174,11 @@ def test_refusals_change_no_balance(api: ApiServer, world: World, pg_db: Databas
     before = transactions(pg_db)
     # when a member, an admin and another account try what they may not
     refused = [
-        call(api, world, "member", "POST", "/v1/allocations",
-             json={"member_id": world.members["Mia"], "amount": 5},
-             headers={"Idempotency-Key": "a"}),
-        call(api, world, "admin", "POST", "/v1/allocations",
-             json={"member_id": world.members["Olivia"], "amount": -5},
-             headers={"Idempotency-Key": "b"}),
-        call(api, world, "other", "POST", "/v1/allocations",
-             json={"workspace_id": world.sales, "amount": 5}, headers={"Idempotency-Key": "c"}),
-        call(api, world, "owner", "POST", "/v1/allocations",
-             json={"member_id": world.members["Mia"], "set": 10_000},
-             headers={"Idempotency-Key": "d"}),
-    ]  # fmt: skip
+        allocate(api, world, "member", "a", member_id=world.members["Mia"], amount=5),
+        allocate(api, world, "admin", "b", member_id=world.members["Olivia"], amount=-5),
+        allocate(api, world, "other", "c", workspace_id=world.sales, amount=5),
+        allocate(api, world, "owner", "d", member_id=world.members["Mia"], set=10_000),
+    ]
     # then every one is refused with its own code, and no transaction was written
     codes = [r.json()["code"] for r in refused]
     assert codes == ["PermissionDenied", "PermissionDenied", "NotFound", "InsufficientCredits"]
@@ -195,12 +197,10 @@ def test_the_same_idempotency_key_twice_moves_credits_once(
     api: ApiServer, world: World, pg_db: Database
 ) -> None:
     mia = world.members["Mia"]
-    body = {"member_id": mia, "amount": 7}
-    headers = {"Idempotency-Key": "bonus-7"}
     before = transactions(pg_db)
     # when the owner sends the same allocation twice with one key
-    first = call(api, world, "owner", "POST", "/v1/allocations", json=body, headers=headers)
-    again = call(api, world, "owner", "POST", "/v1/allocations", json=body, headers=headers)
+    first = allocate(api, world, "owner", "bonus-7", member_id=mia, amount=7)
+    again = allocate(api, world, "owner", "bonus-7", member_id=mia, amount=7)
     # then one movement: 201 then a 200 replay with the same transaction
     assert (first.status_code, again.status_code) == (201, 200)
     assert again.headers["Idempotent-Replayed"] == "true"
@@ -210,8 +210,7 @@ def test_the_same_idempotency_key_twice_moves_credits_once(
     assert transactions(pg_db) == before + 1
     assert available(pg_db, "member", mia) == 57
     # and the same key with another body is a conflict that changes nothing
-    other = call(api, world, "owner", "POST", "/v1/allocations",
-                 json={"member_id": mia, "amount": 8}, headers=headers)  # fmt: skip
+    other = allocate(api, world, "owner", "bonus-7", member_id=mia, amount=8)
     assert other.status_code == 409
     assert other.json()["code"] == "IdempotencyConflict"
     assert other.json()["detail"] == "idempotency key 'bonus-7' was already used for a " \
@@ -247,56 +246,17 @@ def test_set_makes_the_balance_that_value_and_a_topup_replays(
     api: ApiServer, world: World, pg_db: Database
 ) -> None:
     nora = world.members["Nora"]
-    moved = call(
-        api,
-        world,
-        "admin",
-        "POST",
-        "/v1/allocations",
-        json={"member_id": nora, "set": 25},
-        headers={"Idempotency-Key": "s1"},
-    )
+    moved = allocate(api, world, "admin", "s1", member_id=nora, set=25)
     assert moved.status_code == 403  # Adam is Sales' admin, Nora is in Customer Success
-    moved = call(
-        api,
-        world,
-        "Alex",
-        "POST",
-        "/v1/allocations",
-        json={"member_id": nora, "set": 25},
-        headers={"Idempotency-Key": "s1"},
-    )
+    moved = allocate(api, world, "Alex", "s1", member_id=nora, set=25)
     assert moved.status_code == 201 and moved.json()["kind"] == "reclaim"
     assert available(pg_db, "member", nora) == 25
-    same = call(
-        api,
-        world,
-        "Alex",
-        "POST",
-        "/v1/allocations",
-        json={"member_id": nora, "set": 25},
-        headers={"Idempotency-Key": "s2"},
-    )
+    same = allocate(api, world, "Alex", "s2", member_id=nora, set=25)
     assert same.status_code == 200 and same.json()["transaction_id"] is None  # nothing moved
     topup = {"account_id": world.account, "amount": 250}
-    first = call(
-        api,
-        world,
-        "support",
-        "POST",
-        "/v1/topups",
-        json=topup,
-        headers={"Idempotency-Key": '"order-9"'},
-    )  # an RFC 8941 string works too
-    again = call(
-        api,
-        world,
-        "support",
-        "POST",
-        "/v1/topups",
-        json=topup,
-        headers={"Idempotency-Key": "order-9"},
-    )
+    # an RFC 8941 string key is the same key
+    first = post(api, world, "support", "/v1/topups", '"order-9"', **topup)
+    again = post(api, world, "support", "/v1/topups", "order-9", **topup)
     assert (first.status_code, again.status_code) == (201, 200)
     assert available(pg_db, "account", world.account) == 1000 - 500 + 250
 
@@ -421,15 +381,7 @@ def test_who_am_i_tells_the_member_their_place_and_credits(api: ApiServer, world
 def test_the_tree_and_history_show_what_moved_and_who_moved_it(
     api: ApiServer, world: World
 ) -> None:
-    call(
-        api,
-        world,
-        "admin",
-        "POST",
-        "/v1/allocations",
-        json={"member_id": world.members["Mia"], "amount": 4},
-        headers={"Idempotency-Key": "h"},
-    )
+    allocate(api, world, "admin", "h", member_id=world.members["Mia"], amount=4)
     tree = call(api, world, "owner", "GET", f"/v1/accounts/{world.account}/tree").json()
     sales = next(ws for ws in tree["workspaces"] if ws["id"] == world.sales)
     mia = next(m for m in sales["members"] if m["name"] == "Mia")
