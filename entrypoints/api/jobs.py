@@ -17,9 +17,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Path, Query, Response
 from pydantic import TypeAdapter
 
-from entrypoints.api.auth import CallerDep, ResourcesDep
+from entrypoints.api.auth import Caller, CallerDep, ResourcesDep
 from entrypoints.api.models import JobAccepted, JobPage, JobReportOut
 from entrypoints.api.problems import responses
+from entrypoints.api.state import Resources
 from shared.errors import InvalidRequest, NotFound, PermissionDenied
 from shared.models import JobStatus
 from shared.pricing import catalog_from_settings, quote
@@ -36,12 +37,11 @@ def job_schema() -> tuple[dict[str, Any], dict[str, Any]]:
     """The job union's JSON schema and its definitions, for the OpenAPI document."""
     schema = TypeAdapter(Job).json_schema(ref_template="#/components/schemas/{model}")
     defs = schema.pop("$defs", {})
-    for name, definition in defs.items():
+    for definition in defs.values():
         if "member_id" in definition.get("properties", {}):
             # The API fills these in: the member from the token, a job_id if none is given.
             definition["required"] = [f for f in definition.get("required", [])
                                       if f not in ("member_id", "job_id")]  # fmt: skip
-        defs[name] = definition
     return schema, defs
 
 
@@ -110,7 +110,7 @@ def send_job(
             "status": existing.status if existing else "queued", "href": href}  # fmt: skip
 
 
-def _sender(caller: Any, res: Any, named: object) -> int:
+def _sender(caller: Caller, res: Resources, named: object) -> int:
     """The member who pays: the token's. Support names one, as with ``credits send``."""
     if caller.member_id is not None:
         if named is not None and named != caller.member_id:

@@ -93,8 +93,9 @@ class Problem(BaseModel):
     instance: str | None = None
 
 
-def status_of(exc: CreditsError) -> int:
-    for cls in type(exc).__mro__:
+def status_of(exc: CreditsError | type[CreditsError]) -> int:
+    """The HTTP status of an error (or error class): its most specific mapped ancestor's."""
+    for cls in (exc if isinstance(exc, type) else type(exc)).__mro__:
         if cls in STATUS:
             return STATUS[cls]
     return 500
@@ -199,7 +200,7 @@ def catalogue() -> list[dict[str, Any]]:
     found = []
     for name in TITLES:
         cls = getattr(errors, name, None)
-        status = status_of(cls.__new__(cls)) if cls else {"MethodNotAllowed": 405}.get(name, 500)
+        status = status_of(cls) if cls else {"MethodNotAllowed": 405}.get(name, 500)
         found.append({"type": f"/problems/{name}", "code": name, "title": TITLES[name],
                       "status": status})  # fmt: skip
     return found
