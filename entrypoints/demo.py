@@ -17,7 +17,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,7 +153,8 @@ class Demo:
         self.db = self.res.db
         self.client = CreditsClient(settings=settings)
 
-    def run(self, start_worker) -> bool:
+    def run(self, start_worker, then: Callable[[World], object] | None = None) -> bool:
+        """Run the scenario; ``then(world)`` runs afterwards, while the worker still runs."""
         upgrade(self.settings.database_url)
         world = build_world(self.db)
         self.console.print(
@@ -170,7 +171,10 @@ class Demo:
                     self.client.send_action(make_job(rng, n, member))
                 self._settle(bar)
             self._recover(world)
-        return self._report(world, time.monotonic() - started)
+            ok = self._report(world, time.monotonic() - started)
+            if then is not None:
+                then(world)
+        return ok
 
     @contextmanager
     def _progress(self) -> Iterator[Any]:
@@ -330,7 +334,11 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 def run_demo(
-    *, jobs: int = 500, database_url: str | None = None, redis_url: str | None = None
+    *,
+    jobs: int = 500,
+    database_url: str | None = None,
+    redis_url: str | None = None,
+    serve_port: int | None = None,
 ) -> bool:
     console = Console()
     settings = embedded_settings(database_url, redis_url)
@@ -341,8 +349,15 @@ def run_demo(
     def worker():
         return thread_worker(settings) if redis_url is None else process_worker(settings)
 
+    then = None
+    if serve_port is not None:
+        from entrypoints.api.demo import serve_team_page
+
+        def then(world: World) -> None:
+            serve_team_page(demo.settings, world, serve_port, console)
+
     try:
-        return demo.run(worker)
+        return demo.run(worker, then)
     finally:
         demo.client.close()
         if redis_url is not None:  # leave the real Redis as we found it

@@ -131,6 +131,17 @@ class Settings(BaseSettings):
     job_signing_key: SecretStr | None = None  # "<key id>:<secret>"
     job_verify_keys: SecretStr | None = None  # more "id:secret" pairs still accepted
 
+    # HTTP API and Team page (``credits serve``). The session secret signs the Team
+    # page's cookies; unset, it is derived from CREDITS_JOB_SIGNING_KEY, which the API
+    # needs anyway to sign the jobs it sends. Every API process must share it.
+    api_session_secret: SecretStr | None = None
+    api_session_max_age_s: PositiveSeconds = 8 * 3600.0
+    # Mark cookies Secure even on plain HTTP (they always are when the request came
+    # over HTTPS, e.g. through a proxy with --proxy-headers).
+    api_cookie_secure: bool = False
+    # Open event streams (SSE) per API process; one more is refused with 503.
+    api_max_event_streams: int = Field(default=200, ge=1, le=10_000)
+
     # Observability.
     metrics_port: int = Field(default=0, ge=0, le=65_535)  # 0: no metrics server
     metrics_addr: str = "127.0.0.1"  # the metrics server's bind address
@@ -190,6 +201,13 @@ class Settings(BaseSettings):
                 f"not a broker URL: {mask_url(value)!r}; expected amqp://user:password@host/vhost"
                 " or redis://host:port/db"
             )
+        return value
+
+    @field_validator("api_session_secret")
+    @classmethod
+    def _session_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_SECRET_CHARS:
+            raise ValueError(f"must be at least {MIN_SECRET_CHARS} characters")
         return value
 
     @field_validator("job_signing_key", "job_verify_keys")

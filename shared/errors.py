@@ -9,7 +9,8 @@ rule that was broken, as TigerBeetle's result codes do::
     │   └── ConfigurationError    a setting is missing or wrong: names the variable
     ├── NotFound                  an account, workspace, member, wallet, hold or job
     ├── PermissionDenied          the actor's role does not allow the action
-    │   └── JobNotAuthentic       unsigned, unknown key or bad signature: nobody charged
+    │   ├── JobNotAuthentic       unsigned, unknown key or bad signature: nobody charged
+    │   └── NotAuthenticated      no valid API token: unknown, revoked, or member deactivated
     ├── InsufficientCredits       available < amount; nothing changed
     ├── IdempotencyConflict       same key, different content
     ├── HoldAlreadyResolved       capture of a released hold, or the reverse
@@ -76,6 +77,11 @@ class PermissionDenied(CreditsError):
 
 class JobNotAuthentic(PermissionDenied):
     """A job without a valid producer signature: it charges nobody."""
+
+
+class NotAuthenticated(PermissionDenied):
+    """The caller has no valid credential: no token, an unknown or revoked one, a token
+    whose member is deactivated, or an expired session. The HTTP API answers 401."""
 
 
 class InsufficientCredits(CreditsError):

@@ -348,3 +348,28 @@ class IdempotentRequest(Base):
     request_hash: Mapped[str] = mapped_column(String(64))
     result: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(Timestamp(), default=utcnow)
+
+
+class ApiToken(Base):
+    """A bearer token for the HTTP API and the Team page: a member's, or support's.
+
+    Only a SHA-256 of the secret is stored; the secret is shown once, when the token is
+    made. The token carries its member's role (read from the member at each request), so
+    a role change or a deactivation takes effect at once; a revoked token stays, for the
+    audit trail.
+    """
+
+    __tablename__ = "api_tokens"
+    __table_args__ = (
+        UniqueConstraint("secret_hash", name="uq_api_tokens_secret_hash"),
+        CheckConstraint("length(secret_hash) = 64", name="secret_hash_sha256"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    # NULL: a support token (ops tools); otherwise the member the token acts as.
+    member_id: Mapped[int | None] = mapped_column(ForeignKey("members.id"), index=True)
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(Timestamp(), default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(Timestamp())
+    revoked_at: Mapped[datetime | None] = mapped_column(Timestamp())

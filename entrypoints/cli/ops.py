@@ -60,12 +60,18 @@ def db_grant(ctx: Context, app_role: str) -> Output:
 @click.option("--jobs", type=click.IntRange(1, 100_000), default=500, show_default=True)
 @click.option("--database-url", "demo_db", help="Run against this database, not a temp SQLite.")
 @click.option("--redis-url", "demo_redis", help="Use this Redis as broker, locks and events.")
-def demo_cmd(jobs: int, demo_db: str | None, demo_redis: str | None) -> None:
+@click.option("--serve", is_flag=True, help="Then serve the Team page on 127.0.0.1 (Ctrl-C stops).")
+@click.option("--port", type=click.IntRange(1, 65_535), default=8000, show_default=True,
+              help="The Team page's port, with --serve.")  # fmt: skip
+def demo_cmd(
+    jobs: int, demo_db: str | None, demo_redis: str | None, serve: bool, port: int
+) -> None:
     """Run the whole system on ~500 realistic sends. No servers needed.
 
     \b
     Examples:
       credits demo
+      credits demo --serve              then the Team page, with login links
       credits demo --database-url postgresql://postgres@127.0.0.1/credits \\
                    --redis-url redis://127.0.0.1:6379/5
     """
@@ -73,5 +79,7 @@ def demo_cmd(jobs: int, demo_db: str | None, demo_redis: str | None) -> None:
 
     if (demo_db is None) != (demo_redis is None):
         raise click.UsageError("give both --database-url and --redis-url, or neither")
-    if not run_demo(jobs=jobs, database_url=demo_db, redis_url=demo_redis):
+    ok = run_demo(jobs=jobs, database_url=demo_db, redis_url=demo_redis,
+                  serve_port=port if serve else None)  # fmt: skip
+    if not ok:
         raise SystemExit(1)

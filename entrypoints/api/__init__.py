@@ -1,0 +1,1 @@
+"""The HTTP API and the Team page (FastAPI on uvicorn): ``credits serve``."""
