@@ -17,8 +17,12 @@ same job again charges once.
 
 from __future__ import annotations
 
+import itertools
+import time
+import uuid
 from typing import Any
 
+from amqp.exceptions import AMQPError
 from celery import Celery
 from kombu.exceptions import KombuError, OperationalError
 
@@ -32,6 +36,9 @@ from shared.schemas import Job, job_dict, parse_job, price_fields
 from shared.signing import sign
 
 SEND_ACTION_TASK = "credits.send_action"
+PUBLISH_BACKOFF_S = (0.1, 0.25, 0.5, 1.0)
+# What a broker that is down, restarting or refusing raises out of send_task.
+BROKER_ERRORS = (OperationalError, KombuError, OSError, AMQPError)
 NO_SIGNING_KEY = (
     "CREDITS_JOB_SIGNING_KEY is not set: producers sign every job and workers refuse "
     "unsigned ones; set it to '<key id>:<secret>' (the same value the workers have)"
@@ -106,29 +113,35 @@ def redacted(payload: dict[str, Any], settings: Settings) -> dict[str, Any]:
 def publish_job(
     app: Celery, settings: Settings, payload: dict[str, Any], key: tuple[str, str]
 ) -> None:
-    """Sign an already validated job and publish it by task name; sweeps re-send this way."""
+    """Sign an already validated job and publish it by task name; sweeps re-send this way.
+
+    A broker that refuses or drops the connection is tried again until
+    ``publish_timeout_s`` has passed, with one task id, so the job is published once or,
+    if an attempt's confirm was lost, twice (the worker runs it once either way).
+    """
     queue = INSTANT_QUEUE if payload.get("source") == "instant" else FLOW_QUEUE
-    interval_max_s = 1.0
-    try:
-        app.send_task(
-            SEND_ACTION_TASK,
-            kwargs={"job": payload, "auth": sign(payload, key)},
-            queue=queue,
-            kwargsrepr=repr({"job": redacted(payload, settings)}),
-            retry=True,
-            retry_policy={
-                "max_retries": max(1, int(settings.publish_timeout_s / interval_max_s)),
-                "interval_start": 0.1,
-                "interval_step": 0.3,
-                "interval_max": interval_max_s,
-            },
-        )
-    except (OperationalError, KombuError, OSError) as exc:
-        raise BrokerUnavailable(
-            f"the broker did not take job {payload.get('job_id')!r} within "
-            f"{settings.publish_timeout_s:g}s ({type(exc).__name__}); it was not sent: "
-            "send it again with the same job_id"
-        ) from None
+    deadline = time.monotonic() + settings.publish_timeout_s
+    task_id = str(uuid.uuid4())
+    for attempt in itertools.count():
+        try:
+            app.send_task(
+                SEND_ACTION_TASK,
+                kwargs={"job": payload, "auth": sign(payload, key)},
+                queue=queue,
+                task_id=task_id,
+                kwargsrepr=repr({"job": redacted(payload, settings)}),
+                retry=False,  # our own loop: kombu's retry has no total deadline
+            )
+            return
+        except BROKER_ERRORS as exc:
+            left_s = deadline - time.monotonic()
+            if left_s <= 0:
+                raise BrokerUnavailable(
+                    f"the broker did not take job {payload.get('job_id')!r} within "
+                    f"{settings.publish_timeout_s:g}s ({type(exc).__name__}); it was not "
+                    "sent: send it again with the same job_id"
+                ) from None
+            time.sleep(min(left_s, PUBLISH_BACKOFF_S[min(attempt, len(PUBLISH_BACKOFF_S) - 1)]))
 
 
 RESUME_MEMBER_TASK = "credits.resume_member"
@@ -146,7 +159,7 @@ def request_resume(settings: Settings, member_id: int) -> bool:
     try:
         app.send_task(RESUME_MEMBER_TASK, args=(member_id,), queue=MAINTENANCE_QUEUE,
                       retry=True, retry_policy={"max_retries": 1})  # fmt: skip
-    except (OperationalError, KombuError, OSError):
+    except BROKER_ERRORS:
         return False
     finally:
         app.close()

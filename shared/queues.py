@@ -1,9 +1,21 @@
 """Queues and broker settings, shared by producers and workers so both see one topology.
 
-Workers drain ``credits.maintenance`` (sweeps) first, then ``credits.instant`` (a person
-is waiting), then ``credits.flow`` (automated flows). Each queue has an exchange and a
-routing key of its own: left to Celery's defaults, all would bind to the default queue's
-exchange under one routing key, and a message sent there would land in every queue.
+Three queues: ``credits.maintenance`` (sweeps), ``credits.instant`` (a person is waiting)
+and ``credits.flow`` (automated flows). Each has an exchange and a routing key of its own:
+left to Celery's defaults, all would bind to the default queue's exchange under one routing
+key, and a message sent there would land in every queue.
+
+Priority, by broker:
+- Redis: every worker drains the queues in that order (``queue_order_strategy``).
+- RabbitMQ: a consumer of several queues takes from each in turn, and quorum queues have
+  no message priorities before RabbitMQ 4.0; so instant work gets workers of its own
+  (``-Q credits.maintenance,credits.instant``), which the compose stack runs, beside
+  workers that take all three.
+
+RabbitMQ: durable queues (quorum queues with ``CREDITS_QUORUM_QUEUES``, for a cluster),
+persistent messages, publisher confirms; topic exchanges, because Celery's native delayed
+delivery -- how a countdown retry waits on quorum queues without a worker holding it --
+routes through them.
 """
 
 from __future__ import annotations
@@ -21,14 +33,16 @@ QUEUE_NAMES = (MAINTENANCE_QUEUE, INSTANT_QUEUE, FLOW_QUEUE)
 # The memory transport sleeps a full second between empty polls by default.
 MEMORY_POLLING_INTERVAL_S = 0.005
 PUBLISH_CONNECT_TIMEOUT_S = 4.0
+AMQP_SOCKET_TIMEOUT_S = 5.0
 
 
 def queues(settings: Settings) -> tuple[Queue, ...]:
     arguments = {"x-queue-type": "quorum"} if settings.quorum_queues else None
+    kind = "topic" if settings.broker_is_amqp else "direct"
     return tuple(
         Queue(
             name,
-            Exchange(name, type="direct", durable=True),
+            Exchange(name, type=kind, durable=True),
             routing_key=name,
             durable=True,
             queue_arguments=arguments,
@@ -40,7 +54,10 @@ def queues(settings: Settings) -> tuple[Queue, ...]:
 def transport_options(settings: Settings) -> dict[str, Any]:
     if settings.broker_is_amqp:
         # Publisher confirms: send_task returns once RabbitMQ has the (persistent) message.
-        return {"confirm_publish": True, "confirm_timeout": settings.publish_timeout_s}
+        # Socket timeouts bound a publish to a broker that accepts the connection but hangs
+        # (pyamqp ignores a "confirm_timeout" transport option).
+        return {"confirm_publish": True, "read_timeout": AMQP_SOCKET_TIMEOUT_S,
+                "write_timeout": AMQP_SOCKET_TIMEOUT_S}  # fmt: skip
     options: dict[str, Any] = {
         # An unacked message is handed to another worker after this long, even while it
         # is still running or waiting out a retry countdown. It must exceed the longest
@@ -79,4 +96,16 @@ def celery_broker_settings(settings: Settings, *, broker_url: str | None = None)
     }
     if settings.broker_is_amqp:
         conf["broker_heartbeat"] = BROKER_HEARTBEAT_S
+        # A channel closed by the broker (consumer_timeout on a long-held delivery) is a
+        # reconnect and a redelivery, not a worker exit.
+        conf["broker_channel_error_retry"] = True
     return conf
+
+
+def original_queue(delivery_info: dict[str, Any] | None) -> str | None:
+    """The queue a message came from (routing key == queue name), without the bit prefix
+    that RabbitMQ's native delayed delivery puts on a countdown's routing key."""
+    from kombu.transport.native_delayed_delivery import _delay_prefix_re
+
+    routing_key = (delivery_info or {}).get("routing_key")
+    return _delay_prefix_re.sub("", routing_key, count=1) if routing_key else None

@@ -218,10 +218,11 @@ def test_structure(config: dict[str, Any], env_file: Path) -> None:
     }
     assert len(set(secrets.values())) == len(secrets)
 
-    # Only Flower publishes a port, and on loopback unless FLOWER_BIND says otherwise.
+    # Only Flower and the API publish a port, on loopback unless *_BIND says otherwise.
     published = {name for name, spec in services.items() if spec.get("ports")}
-    assert published == {"flower"}
+    assert published == {"flower", "api"}
     assert services["flower"]["ports"] == ["127.0.0.1:5555:5555"]
+    assert services["api"]["ports"] == ["127.0.0.1:8000:8000"]
 
     # postgres: the owner role, and the init script that makes the app role.
     postgres = environment(services["postgres"])

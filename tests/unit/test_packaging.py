@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[2]
 RUNTIME_LOCK = ROOT / "requirements.lock"
 DEV_LOCK = ROOT / "requirements-dev.lock"
 DOCKERFILE = ROOT / "Dockerfile"
-DEV_TOOLS = ("pytest", "pytest-timeout", "hypothesis", "ruff", "jsonschema", "pyyaml")
+# PyYAML is not here: uvicorn[standard] reads its log configuration with it at run time.
+DEV_TOOLS = ("pytest", "pytest-timeout", "hypothesis", "ruff", "jsonschema", "playwright")
 
 
 def pins(lock: Path) -> dict[str, str]:

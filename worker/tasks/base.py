@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 import random
+import time
 from typing import Any
 
 from celery import Task
@@ -32,6 +34,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from shared.errors import ServiceUnavailable
+from shared.queues import original_queue
 from worker import metrics
 from worker.retry import LockBusy, RetryLater, backoff_s
 
@@ -47,6 +50,7 @@ INFRA_ERRORS = (
 )
 INFRA_BACKOFF_MAX_S = 60.0
 LOCK_BUSY_COUNTDOWN_S = (0.05, 0.5)
+REQUEUE_PAUSE_S = (0.5, 2.0)
 # How hard a retry's own publish tries before the original message is requeued instead.
 RETRY_PUBLISH_POLICY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5,
                         "interval_max": 1.0}  # fmt: skip
@@ -129,6 +133,9 @@ class CreditsTask(Task):
             return self.give_up(reason, exc, kwargs)
         used[reason.value] = used.get(reason.value, 0) + 1
         kwargs["retries"] = used
+        if self.app.credits_settings.quorum_queues:
+            # RabbitMQ's native delayed delivery counts whole seconds, and refuses less than 1.
+            countdown_s = float(max(1, math.ceil(countdown_s)))
         signature = self.signature_from_request(
             self.request,
             args=(),
@@ -136,15 +143,20 @@ class CreditsTask(Task):
             countdown=countdown_s,
             retries=self.request.retries + 1,
             kwargsrepr=self.kwargs_repr(kwargs),
+            # The queue it came from, always: with RabbitMQ's native delayed delivery,
+            # Celery would otherwise route the retry to the default queue, or nowhere.
+            queue=original_queue(self.request.delivery_info),
         )
         try:
             signature.apply_async(retry=True, retry_policy=RETRY_PUBLISH_POLICY)
         except Exception as publish_exc:
-            # Keep the message: requeued now, or (if the broker cannot even take that)
-            # left unacked, to be redelivered. Never Celery's Reject(requeue=False).
-            log.warning("task %s: cannot publish its retry (%s); the message stays",
+            # Keep the message: requeued, to run again. Never Celery's Reject(requeue=False),
+            # which drops it. A short pause first, so a broker that keeps refusing does not
+            # turn this into a hot loop.
+            log.warning("task %s: cannot publish its retry (%s); the message is requeued",
                         self.name, type(publish_exc).__name__)  # fmt: skip
             metrics.task_retried(self.name, "requeued")
+            time.sleep(random.uniform(*REQUEUE_PAUSE_S))
             raise Reject(publish_exc, requeue=True) from None
         metrics.task_retried(self.name, reason.value)
         raise Retry(exc=exc, when=countdown_s, sig=signature)
