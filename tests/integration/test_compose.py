@@ -44,8 +44,8 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
 DOCKERFILE = ROOT / "Dockerfile"
 VENV_BIN = Path(sys.executable).parent
-APP_SERVICES = ("migrate", "worker", "beat", "flower", "api")
-RUNNING_APP_SERVICES = ("worker", "beat", "flower", "api")
+APP_SERVICES = ("migrate", "worker", "worker-instant", "beat", "flower", "api")
+RUNNING_APP_SERVICES = ("worker", "worker-instant", "beat", "flower", "api")
 BACKING_SERVICES = ("postgres", "rabbitmq", "redis")
 LONG_RUNNING = (*BACKING_SERVICES, *RUNNING_APP_SERVICES)
 REQUIRED = (
@@ -296,6 +296,10 @@ def test_structure(config: dict[str, Any], env_file: Path) -> None:
     from shared.queues import QUEUE_NAMES
 
     assert worker_cmd[worker_cmd.index("-Q") + 1] == ",".join(QUEUE_NAMES)
+    # Instant actions and sweeps have workers of their own (RabbitMQ has no queue order).
+    instant_cmd = argv(services["worker-instant"]["command"])
+    assert instant_cmd[instant_cmd.index("-Q") + 1] == "credits.maintenance,credits.instant"
+    assert "instant@$HOSTNAME" in " ".join(argv(services["worker-instant"]["healthcheck"]["test"]))
     assert environment(worker)["CREDITS_METRICS_PORT"] == "9808"
     assert worker["expose"] == ["9808"]  # metrics on the compose network, never published
 
