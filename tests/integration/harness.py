@@ -218,17 +218,18 @@ class Stack:
     def publish_raw(self, body: bytes, *, content_type: str, queue: str = "credits.flow",
                     headers: dict[str, Any] | None = None) -> None:  # fmt: skip
         """Put bytes on a queue exactly as given, as a buggy or hostile client would."""
-        from kombu import Exchange, Producer
+        from kombu import Producer
 
         from shared.queues import queues
 
+        declared = {q.name: q for q in queues(self.settings())}
         app = self.broker_app()
         with app.connection_for_write() as conn:
             Producer(conn).publish(
-                body, exchange=Exchange(queue), routing_key=queue, content_type=content_type,
-                content_encoding="binary", headers=headers or {},
+                body, exchange=declared[queue].exchange, routing_key=queue,
+                content_type=content_type, content_encoding="binary", headers=headers or {},
                 # Declaring the queues binds them, so the message cannot be dropped unrouted.
-                declare=list(queues(self.settings())),
+                declare=list(declared.values()),
             )  # fmt: skip
 
     def final_events(self) -> Counter:
