@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from shared.db import Database
@@ -25,6 +25,15 @@ from shared.services.idempotency import check_key, run_idempotent
 from shared.services.posting import Leg, check_amount, post, system_wallet_id
 
 HOLD_CONSTRAINT = "uq_holds_wallet_id_job_id"
+_H = Hold.__table__
+_INSERT_HOLD = insert(_H)
+_RESOLVE = (
+    update(_H)
+    .where(_H.c.wallet_id == bindparam("w"), _H.c.job_id == bindparam("j"))
+    .where(_H.c.state == HoldState.HELD.value)
+    .values(state=bindparam("to"), resolved_at=bindparam("at"))
+    .returning(_H.c.amount)
+)
 DEFAULT_HOLD_TTL_S = 900.0
 
 
@@ -57,18 +66,20 @@ def hold_in(
     *,
     ttl_s: float = DEFAULT_HOLD_TTL_S,
     actor: Actor = PIPELINE,
+    known_new: bool = False,
 ) -> HoldResult:
     """Reserve ``amount`` of a member wallet's available credits for one job.
 
     The conditional UPDATE goes first: if the member is short, InsufficientCredits is
     raised and nothing is written, so a caller can park the job in the same transaction.
     A second hold for the same job replays the first (same amount) or is an
-    IdempotencyConflict (another amount).
+    IdempotencyConflict (another amount). ``known_new``: the caller holds the job's row
+    lock and knows it has no hold yet (the pipeline), so there is nothing to look up.
     """
     job_id = check_key(job_id, "job_id")
     amount = check_amount(amount)
     require_pipeline(actor, "hold credits")
-    existing = _find(session, wallet_id, job_id)
+    existing = None if known_new else _find(session, wallet_id, job_id)
     if existing is not None:
         if existing.amount != amount:
             raise IdempotencyConflict(
@@ -91,15 +102,16 @@ def hold_in(
     )
     now = utcnow()
     # uq_holds_wallet_id_job_id decides a race between two deliveries of one job.
-    session.execute(
-        insert(Hold).values(
-            job_id=job_id,
-            wallet_id=wallet_id,
-            amount=amount,
-            state=HoldState.HELD.value,
-            created_at=now,
-            expires_at=now + timedelta(seconds=ttl_s),
-        )
+    session.connection().execute(
+        _INSERT_HOLD,
+        {
+            "job_id": job_id,
+            "wallet_id": wallet_id,
+            "amount": amount,
+            "state": HoldState.HELD.value,
+            "created_at": now,
+            "expires_at": now + timedelta(seconds=ttl_s),
+        },
     )
     return HoldResult(job_id, wallet_id, amount, HoldState.HELD.value, False, **after[wallet_id])
 
@@ -115,14 +127,14 @@ def resolve_in(
     if outcome not in (HoldState.CAPTURED, HoldState.RELEASED):
         raise InvalidRequest(f"a hold resolves to captured or released, not {outcome}")
     require_pipeline(actor, f"mark holds {outcome}")
-    row = session.execute(
-        update(Hold)
-        .where(Hold.wallet_id == wallet_id, Hold.job_id == job_id)
-        .where(Hold.state == HoldState.HELD.value)
-        .values(state=outcome.value, resolved_at=utcnow())
-        .returning(Hold.amount)
-        .execution_options(synchronize_session=False)
-    ).one_or_none()
+    row = (
+        session.connection()
+        .execute(
+            _RESOLVE,
+            {"w": wallet_id, "j": job_id, "to": outcome.value, "at": utcnow()},
+        )
+        .one_or_none()
+    )
     if row is None:
         hold = _find(session, wallet_id, job_id)
         if hold is None:

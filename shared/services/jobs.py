@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from itertools import pairwise
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -139,13 +139,46 @@ def view_of(
     )
 
 
+# Statements of the hot path, built once: constructing a statement costs more CPU than
+# running it.
+_J, _JT, _M, _W = Job.__table__, JobTransition.__table__, Member.__table__, Wallet.__table__
+_BALANCES = (
+    select(_W.c.available, _W.c.held)
+    .join(_M, _M.c.wallet_id == _W.c.id)
+    .where(_M.c.id == bindparam("member"))
+)
+_ACTIVE_MEMBER_WALLET = select(_M.c.wallet_id).where(
+    _M.c.id == bindparam("member"), _M.c.active.is_(True)
+)
+_EXISTING_JOB = (
+    select(*_J.c)
+    .where(_J.c.member_id == bindparam("member"), _J.c.job_id == bindparam("job_id"))
+    .with_for_update()
+)
+_LOCK_WITH_WALLET = (
+    select(*_J.c, _M.c.wallet_id.label("wallet_id"))
+    .join(_M, _M.c.id == _J.c.member_id)
+    .where(_J.c.id == bindparam("pk"))
+    .with_for_update(of=_J)
+)
+_MOVE = (
+    update(_J)
+    .where(_J.c.id == bindparam("pk"), _J.c.status.in_(bindparam("allowed", expanding=True)))
+    .returning(*_J.c)
+)
+_NOTE = update(_J).where(_J.c.id == bindparam("pk")).returning(*_J.c)
+_INSERT_TRANSITIONS = insert(_JT)
+_INSERT_JOB = {
+    name: dialect.insert(_J)
+    .on_conflict_do_nothing(index_elements=["member_id", "job_id"])
+    .returning(*_J.c)
+    for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite))
+}
+
+
 def with_balances(session: Session, view: JobView) -> JobView:
     """The view with its member's current balance (one query), for an event."""
-    wallet = session.execute(
-        select(Wallet.available, Wallet.held)
-        .join(Member, Member.wallet_id == Wallet.id)
-        .where(Member.id == view.member_id)
-    ).one()
+    wallet = session.connection().execute(_BALANCES, {"member": view.member_id}).one()
     return replace(view, available=wallet.available, held=wallet.held)
 
 
@@ -166,27 +199,28 @@ def move_job(
     *,
     detail: str | None = None,
     via: tuple[JobStatus, ...] = (),
+    new: bool = False,
     **values: Any,
 ) -> Any | None:
     """Change a job's status only if it is still in ``allowed_from``, and log the change
-    (through the statuses in ``via`` first, so the history shows every step).
+    (through the statuses in ``via`` first, so the history shows every step; ``new``: the
+    job was just recorded in this transaction, and its first state is logged too).
 
     Returns the job row as it now is, or None when the row was no longer in
     ``allowed_from`` (someone else moved it first).
     """
     now = utcnow()
-    row = session.execute(
-        update(Job)
-        .where(Job.id == job.id, Job.status.in_([s.value for s in allowed_from]))
-        .values(status=to.value, updated_at=now, **values)
-        .returning(*Job.__table__.c)
-        .execution_options(synchronize_session=False)
-    ).one_or_none()
+    conn = session.connection()
+    row = conn.execute(
+        _MOVE,
+        {"pk": job.id, "allowed": [s.value for s in allowed_from], "status": to.value,
+         "updated_at": now, **values},
+    ).one_or_none()  # fmt: skip
     if row is None:
         return None
-    steps = [job.status, *(s.value for s in via), to.value]
-    session.execute(
-        insert(JobTransition),
+    steps = [None] * new + [job.status, *(s.value for s in via), to.value]
+    conn.execute(
+        _INSERT_TRANSITIONS,
         [
             {
                 "job_pk": job.id,
@@ -261,7 +295,7 @@ def accept(
         window = utcnow() + timedelta(seconds=attempt_window_s)
         if job.status in (S.RECEIVED, S.AWAITING_CREDITS):
             return _reserve_and_submit(session, job, wallet_id, hold_ttl_s, max_wait_s,
-                                       window, notify)  # fmt: skip
+                                       window, notify, created)  # fmt: skip
         if job.status in (S.RESERVED, S.SUBMITTED):
             return _count_attempt(session, job, window)
         return tell(session, view_of(job, changed=created), notify)
@@ -270,58 +304,52 @@ def accept(
 
 
 def _active_member_wallet(session: Session, member_id: int) -> int:
-    row = session.execute(
-        select(Member.wallet_id).where(Member.id == member_id, Member.active.is_(True))
-    ).one_or_none()
+    row = session.connection().execute(_ACTIVE_MEMBER_WALLET, {"member": member_id}).one_or_none()
     if row is None:
         raise NotFound("member", member_id)
     return row.wallet_id
 
 
-def _insert_ignore(session: Session):
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    return dialect.insert(Job).on_conflict_do_nothing(index_elements=["member_id", "job_id"])
-
-
 def _record(session: Session, spec: JobSpec, digest: str, priced: Priced, key_id: str | None):
-    """Insert the job, or lock and match the one already recorded; (row, created)."""
+    """Insert the job, or lock and match the one already recorded; (row, created).
+
+    A new job's first transition is logged with its next move (one statement), or here
+    when it stays where it was recorded (rejected).
+    """
     now = utcnow()
     status = S.REJECTED if priced.error else S.RECEIVED
-    row = session.execute(
-        _insert_ignore(session)
-        .values(
-            job_id=spec.job_id,
-            member_id=spec.member_id,
-            flow_id=spec.flow_id,
-            step_id=spec.step_id,
-            action=spec.action,
-            source=spec.source,
-            payload=job_dict(spec),
-            content_hash=digest,
-            cost=priced.cost,
-            catalog_version=priced.catalog_version,
-            status=status.value,
-            attempts=0,
-            republished=0,
-            key_id=key_id,
-            last_error=priced.error,
-            created_at=now,
-            updated_at=now,
-        )
-        .returning(*Job.__table__.c)
+    conn = session.connection()
+    row = conn.execute(
+        _INSERT_JOB[conn.dialect.name],
+        {
+            "job_id": spec.job_id,
+            "member_id": spec.member_id,
+            "flow_id": spec.flow_id,
+            "step_id": spec.step_id,
+            "action": spec.action,
+            "source": spec.source,
+            "payload": job_dict(spec),
+            "content_hash": digest,
+            "cost": priced.cost,
+            "catalog_version": priced.catalog_version,
+            "status": status.value,
+            "attempts": 0,
+            "republished": 0,
+            "key_id": key_id,
+            "last_error": priced.error,
+            "created_at": now,
+            "updated_at": now,
+        },
     ).one_or_none()
     if row is not None:
-        session.execute(
-            insert(JobTransition).values(
-                job_pk=row.id, to_status=row.status, detail=priced.error, at=now
-            )
-        )
+        if status == S.REJECTED:
+            conn.execute(
+                _INSERT_TRANSITIONS,
+                {"job_pk": row.id, "from_status": None, "to_status": row.status,
+                 "detail": priced.error, "at": now},
+            )  # fmt: skip
         return row, True
-    existing = session.execute(
-        select(*Job.__table__.c)
-        .where(Job.member_id == spec.member_id, Job.job_id == spec.job_id)
-        .with_for_update()
-    ).one()
+    existing = conn.execute(_EXISTING_JOB, {"member": spec.member_id, "job_id": spec.job_id}).one()
     if existing.content_hash != digest:
         raise IdempotencyConflict(
             f"job_id {spec.job_id!r} of member {spec.member_id} was already received "
@@ -332,29 +360,33 @@ def _record(session: Session, spec: JobSpec, digest: str, priced: Priced, key_id
 
 def _reserve_and_submit(
     session: UnitOfWork, job: Any, wallet_id: int, ttl_s: float, max_wait_s: float,
-    window: datetime, notify: Notify | None,
+    window: datetime, notify: Notify | None, created: bool,
 ) -> JobView:  # fmt: skip
     held = None
     if job.cost > 0:
         try:
-            # No savepoint needed: a refused hold has written nothing (posting.post).
-            held = hold_in(session, job.job_id, wallet_id, job.cost, ttl_s=ttl_s)
+            # No savepoint needed: a refused hold has written nothing (posting.post). A job
+            # received or parked has no hold: it takes one only on its way to submitted.
+            held = hold_in(session, job.job_id, wallet_id, job.cost, ttl_s=ttl_s,
+                           known_new=True)  # fmt: skip
         except InsufficientCredits as exc:
-            return _park(session, job, str(exc), max_wait_s, notify)
+            return _park(session, job, str(exc), max_wait_s, notify, created)
     row = _must_move(
         session, job, S.SUBMITTED, (S.RECEIVED, S.AWAITING_CREDITS),
-        via=(S.RESERVED,), attempts=job.attempts + 1, wait_expires_at=None,
+        via=(S.RESERVED,), new=created, attempts=job.attempts + 1, wait_expires_at=None,
         next_attempt_at=window, last_error=None,
     )  # fmt: skip
     return view_of(row, balances=held)
 
 
-def _park(session: UnitOfWork, job: Any, reason: str, max_wait_s: float, notify) -> JobView:
+def _park(
+    session: UnitOfWork, job: Any, reason: str, max_wait_s: float, notify, created: bool
+) -> JobView:
     if job.status == S.AWAITING_CREDITS:
         return tell(session, view_of(job, changed=False, detail=reason), notify)
     expires = utcnow() + timedelta(seconds=max_wait_s)
     row = _must_move(
-        session, job, S.AWAITING_CREDITS, (S.RECEIVED,), detail=reason,
+        session, job, S.AWAITING_CREDITS, (S.RECEIVED,), detail=reason, new=created,
         wait_expires_at=expires, last_error=cut(reason),
     )  # fmt: skip
     return tell(session, view_of(row, detail=reason), notify)
@@ -389,7 +421,9 @@ def refund(db: Database, pk: int, *, reason: str, notify: Notify | None = None) 
 
 def _settle(db: Database, pk: int, to: JobStatus, outcome: HoldState, notify, **values):
     with db.unit_of_work() as session:
-        job = lock_job(session, pk)
+        job = session.connection().execute(_LOCK_WITH_WALLET, {"pk": pk}).one_or_none()
+        if job is None:
+            raise NotFound("job", pk)
         if job.status == to:
             view = tell(session, view_of(job, changed=False), notify)
         elif job.status not in SETTLEABLE:
@@ -397,10 +431,7 @@ def _settle(db: Database, pk: int, to: JobStatus, outcome: HoldState, notify, **
         else:
             resolved = None
             if job.cost > 0:
-                wallet_id = session.scalar(
-                    select(Member.wallet_id).where(Member.id == job.member_id)
-                )
-                resolved = resolve_in(session, job.job_id, wallet_id, outcome)
+                resolved = resolve_in(session, job.job_id, job.wallet_id, outcome)
             row = _must_move(session, job, to, SETTLEABLE, **values)
             view = tell(session, view_of(row, balances=resolved), notify)
         session.commit()
@@ -421,13 +452,19 @@ def note_error(db: Database, pk: int, error: str, *, retry_at: datetime | None =
     """Record the vendor's last error, and when the next attempt is due: ``retry_at`` for
     a retry on its way, None when no worker will try again (the resolver's turn)."""
     with db.unit_of_work() as session:
-        row = session.execute(
-            update(Job)
-            .where(Job.id == pk)
-            .values(last_error=cut(error), next_attempt_at=retry_at, updated_at=utcnow())
-            .returning(*Job.__table__.c)
-            .execution_options(synchronize_session=False)
-        ).one_or_none()
+        row = (
+            session.connection()
+            .execute(
+                _NOTE,
+                {
+                    "pk": pk,
+                    "last_error": cut(error),
+                    "next_attempt_at": retry_at,
+                    "updated_at": utcnow(),
+                },
+            )
+            .one_or_none()
+        )
         if row is None:
             raise NotFound("job", pk)
         session.commit()

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from shared.errors import InsufficientCredits, InvalidRequest, InvariantViolation, NotFound
@@ -58,6 +58,21 @@ def check_amount(value: object, what: str = "amount", *, allow_zero: bool = Fals
     return value
 
 
+# Statements built once: constructing a statement costs more CPU than running it.
+_W, _T, _E = Wallet.__table__, LedgerTransaction.__table__, LedgerEntry.__table__
+_MOVE = (
+    update(_W)
+    .where(_W.c.id == bindparam("wallet"))
+    .values(available=_W.c.available + bindparam("d_avail"), held=_W.c.held + bindparam("d_held"))
+    .returning(_W.c.available, _W.c.held)
+)
+_MOVE_GUARDED = _MOVE.where(
+    _W.c.available + bindparam("d_avail") >= 0, _W.c.held + bindparam("d_held") >= 0
+)
+_INSERT_TXN = insert(_T).returning(_T.c.id)
+_INSERT_ENTRIES = insert(_E)
+
+
 def post(session: Session, legs: Iterable[Leg], **txn_values: object) -> tuple[int, Balances]:
     """Move balanced legs under conditional UPDATEs in wallet-id order, then write the
     transaction and its entries. Returns the transaction id and each touched wallet's
@@ -72,17 +87,14 @@ def post(session: Session, legs: Iterable[Leg], **txn_values: object) -> tuple[i
         raise InvariantViolation(
             f"transaction {txn_values.get('kind')} legs do not sum to 0: {legs}"
         )
-    after = _move_balances(session, legs)
+    conn = session.connection()
+    after = _move_balances(session, conn, legs)
     now = utcnow()
-    txn_id = session.execute(
-        insert(LedgerTransaction)
-        .values(created_at=now, **txn_values)
-        .returning(LedgerTransaction.id)
-    ).scalar_one()
+    txn_id = conn.execute(_INSERT_TXN, {"created_at": now, **txn_values}).scalar_one()
     if not legs:  # a keyed request that moved nothing: its key is all there is to record
         return txn_id, after
-    session.execute(
-        insert(LedgerEntry),
+    conn.execute(
+        _INSERT_ENTRIES,
         [
             {
                 "transaction_id": txn_id,
@@ -98,7 +110,7 @@ def post(session: Session, legs: Iterable[Leg], **txn_values: object) -> tuple[i
     return txn_id, after
 
 
-def _move_balances(session: Session, legs: list[Leg]) -> Balances:
+def _move_balances(session: Session, conn: Connection, legs: list[Leg]) -> Balances:
     per_wallet: dict[int, dict[Bucket, int]] = {}
     guarded: dict[int, bool] = {}
     for leg in legs:
@@ -109,16 +121,10 @@ def _move_balances(session: Session, legs: list[Leg]) -> Balances:
     for wallet_id in sorted(per_wallet):
         d_avail = per_wallet[wallet_id][Bucket.AVAILABLE]
         d_held = per_wallet[wallet_id][Bucket.HELD]
-        stmt = (
-            update(Wallet)
-            .where(Wallet.id == wallet_id)
-            .values(available=Wallet.available + d_avail, held=Wallet.held + d_held)
-            .returning(Wallet.available, Wallet.held)
-            .execution_options(synchronize_session=False)
-        )
-        if guarded[wallet_id]:
-            stmt = stmt.where(Wallet.available + d_avail >= 0, Wallet.held + d_held >= 0)
-        row = session.execute(stmt).one_or_none()
+        stmt = _MOVE_GUARDED if guarded[wallet_id] else _MOVE
+        row = conn.execute(
+            stmt, {"wallet": wallet_id, "d_avail": d_avail, "d_held": d_held}
+        ).one_or_none()
         if row is None:
             _explain_refused_update(session, wallet_id, d_avail, d_held)
         after[wallet_id] = {"available": row.available, "held": row.held}
