@@ -14,6 +14,7 @@ rule that was broken, as TigerBeetle's result codes do::
     ├── InsufficientCredits       available < amount; nothing changed
     ├── IdempotencyConflict       same key, different content
     ├── HoldAlreadyResolved       capture of a released hold, or the reverse
+    ├── JobBusy                   another attempt of this job is running: try again later
     ├── SchemaMissing             the database has not been migrated
     ├── InvariantViolation        the ledger broke a rule it must never break
     ├── ServiceUnavailable        a server we need does not answer; nothing was done
@@ -110,6 +111,13 @@ class HoldAlreadyResolved(CreditsError):
         self.job_id = job_id
         self.state = state
         self.wanted = wanted
+
+
+class JobBusy(CreditsError):
+    """An attempt of this job is running (its lease has not run out): the pipeline retries
+    the message shortly. Two deliveries of one message never run side by side."""
+
+    exit_code = 12
 
 
 class SchemaMissing(CreditsError):

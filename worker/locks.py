@@ -1,6 +1,12 @@
-"""Redis locks: one per member wallet (orders reservations), one per job (one delivery at
-a time). They buy speed and order, not safety: the database guards hold if a lock
-expires under a paused worker (Kleppmann, "How to do distributed locking")."""
+"""The Redis lock on a member wallet: it orders reservations, so a busy member's jobs take
+their holds one after another instead of piling up on the wallet's row lock. It buys
+speed and order, not safety: the database's conditional UPDATE holds if the lock expires
+under a paused worker (Kleppmann, "How to do distributed locking").
+
+Two deliveries of one job are kept apart by the job's lease in the database instead
+(``shared.services.jobs.accept``): it is taken in the same transaction that records the
+attempt, so it costs nothing extra.
+"""
 
 from __future__ import annotations
 
@@ -22,19 +28,12 @@ class Locks:
         self.prefix = f"{settings.key_prefix}lock:"
         self.member_timeout_s = settings.lock_timeout_s
         self.member_wait_s = settings.lock_blocking_timeout_s
-        self.job_timeout_s = settings.job_lock_timeout_s
         self.wait_observer = None  # called with (lock kind, seconds waited)
 
     @contextmanager
     def member(self, member_id: int) -> Iterator[bool]:
         """Serialise reservations on one wallet; yields False if not acquired in time."""
         with self._hold("member", member_id, self.member_timeout_s, self.member_wait_s) as ok:
-            yield ok
-
-    @contextmanager
-    def job(self, member_id: int, job_id: str) -> Iterator[bool]:
-        """At most one delivery of a job runs at a time; a second yields False at once."""
-        with self._hold("job", f"{member_id}:{job_id}", self.job_timeout_s, None) as ok:
             yield ok
 
     @contextmanager

@@ -1,7 +1,8 @@
 """The send pipeline: the steps of DESIGN.md, one unit of work each, vendor call between.
 
     0. verify the producer's signature            -> dead letter if missing or wrong
-    1. accept: record, price, hold, mark submitted -> one transaction, under the member lock
+    1. accept: record, price, hold, mark submitted -> one transaction, under the member lock;
+       it also takes the job's lease, so a second delivery of the message waits (JobBusy)
     2. the vendor, outside any transaction
     3. settle: capture (completed) or release (refunded) -> one transaction
     4. the outcome event, after the commit (the job services call ``notify``)
@@ -26,6 +27,7 @@ from pydantic import TypeAdapter, ValidationError
 from shared.errors import (
     IdempotencyConflict,
     InvalidRequest,
+    JobBusy,
     JobNotAuthentic,
     NotFound,
     PermanentVendorError,
@@ -83,10 +85,7 @@ class SendPipeline:
             spec = parse_job(job)
         except InvalidRequest as exc:
             return self._dead_letter(str(exc), job, **where)
-        with self.res.locks.job(spec.member_id, spec.job_id) as locked:
-            if not locked:
-                raise LockBusy("another delivery of this job is running")
-            return self._run(spec, key_id, job, where)
+        return self._run(spec, key_id, job, where)
 
     # ------------------------------------------------------------ the steps
 
@@ -104,6 +103,10 @@ class SendPipeline:
                     attempt_window_s=s.job_lock_timeout_s, key_id=key_id,
                     notify=notifier(self.res),
                 )  # fmt: skip
+            except JobBusy as exc:
+                # Another delivery of this job holds its lease (set by accept for the
+                # length of one vendor call): come back when it is done.
+                raise LockBusy(str(exc)) from None
             except IdempotencyConflict as exc:
                 return self._dead_letter(str(exc), job, spec=spec, tell=False, **where)
             except NotFound as exc:

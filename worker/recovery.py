@@ -44,19 +44,16 @@ def resolve_in_doubt(res: Resources) -> SweepReport:
         res.db,
         older_than_s=s.in_doubt_after_s,
         redelivery_s=s.redelivery_delay_s,
+        lease_s=s.job_lock_timeout_s,
         limit=s.sweep_batch,
     )
     for job in claimed:
-        with res.locks.job(job.member_id, job.job_id) as locked:
-            if not locked:
-                report.add("busy")  # a worker has it right now
-                continue
-            try:
-                report.add(_resolve_one(res, job))
-            except CreditsError as exc:
-                # One bad row must not stop the batch; it stays claimed until its lease ends.
-                log.error("job %s: cannot resolve: %s", job.job_id, exc)
-                report.add("error")
+        try:
+            report.add(_resolve_one(res, job))
+        except CreditsError as exc:
+            # One bad row must not stop the batch; it stays claimed until its lease ends.
+            log.error("job %s: cannot resolve: %s", job.job_id, exc)
+            report.add("error")
     return report
 
 
@@ -67,8 +64,8 @@ def _resolve_one(res: Resources, job: recovery.Claimed) -> str:
         if status == VendorStatus.UNKNOWN and job.republished < s.max_resends:
             # The vendor never got it, and no worker will try again: the member still
             # wants it sent, so send it again (the vendor key keeps it to one send).
+            recovery.mark_republished(res.db, job.pk)  # gives up our lease first
             res.client.send_action(job.payload)
-            recovery.mark_republished(res.db, job.pk)
             return "resent"
         if status == VendorStatus.UNKNOWN:
             # Fence the key first, so a late submit cannot send after we refund.

@@ -16,14 +16,18 @@ from shared.events import Event, is_outcome_for
 
 MARKER_TTL_S = 7 * 86_400
 
-# The marker is set after the XADD: if the XADD fails, nothing is marked, and a later
-# publish (the notify sweep) can still deliver the event.
+# The marker is taken first (SET NX: the check and the mark in one command); if the XADD
+# then fails, the marker is dropped again, so a later publish (the notify sweep) can still
+# deliver the event.
 _PUBLISH_ONCE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
     return false
 end
-local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 3))
-redis.call('SET', KEYS[1], '1', 'EX', ARGV[1])
+local ok, id = pcall(redis.call, 'XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 3))
+if not ok then
+    redis.call('DEL', KEYS[1])
+    return redis.error_reply(tostring(id))
+end
 return id
 """
 

@@ -35,6 +35,7 @@ from shared.errors import (
     InsufficientCredits,
     InvalidRequest,
     InvariantViolation,
+    JobBusy,
     NotFound,
 )
 from shared.models import (
@@ -282,9 +283,11 @@ def accept(
     - the same member and job_id with the same content replays; with other content it is
       an IdempotencyConflict, and an unknown or deactivated member is NotFound;
     - a job the member cannot pay for yet is parked as ``awaiting_credits``;
-    - a job already ``submitted`` (a retry) counts one more vendor attempt.
+    - a job already ``submitted`` (a retry) counts one more vendor attempt, unless
+      another attempt holds its lease: JobBusy.
     The result is ``submitted`` when the caller should now call the vendor; the job then
-    records that this attempt may run for ``attempt_window_s`` (the resolver waits).
+    records that this attempt may run for ``attempt_window_s``: its lease, which keeps a
+    second delivery of the message and the resolver away while the vendor is called.
     """
     digest = content_hash(spec)
     priced = price(spec, catalog)
@@ -292,7 +295,10 @@ def accept(
     def work(session: UnitOfWork) -> JobView:
         wallet_id = _active_member_wallet(session, spec.member_id)
         job, created = _record(session, spec, digest, priced, key_id)
-        window = utcnow() + timedelta(seconds=attempt_window_s)
+        now = utcnow()
+        window = now + timedelta(seconds=attempt_window_s)
+        if job.status == S.SUBMITTED and _leased(job, now):
+            raise JobBusy(f"job {job.job_id!r} of member {job.member_id} is being attempted")
         if job.status in (S.RECEIVED, S.AWAITING_CREDITS):
             return _reserve_and_submit(session, job, wallet_id, hold_ttl_s, max_wait_s,
                                        window, notify, created)  # fmt: skip
@@ -301,6 +307,16 @@ def accept(
         return tell(session, view_of(job, changed=created), notify)
 
     return run_idempotent(db, JOB_CONSTRAINT, work, replay_refusals=False)
+
+
+# A retry's message may arrive a little before the time recorded for it.
+LEASE_TOLERANCE = timedelta(seconds=2)
+
+
+def _leased(job: Any, now: datetime) -> bool:
+    """Someone holds this job's lease: an attempt runs until ``next_attempt_at`` (or a
+    retry is due then, or the resolver is asking the vendor about it)."""
+    return job.next_attempt_at is not None and job.next_attempt_at > now + LEASE_TOLERANCE
 
 
 def _active_member_wallet(session: Session, member_id: int) -> int:

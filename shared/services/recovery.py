@@ -68,14 +68,15 @@ def _lease(session: Session, rows: list[Job], now: datetime, **values: Any) -> l
 
 
 def claim_in_doubt(
-    db: Database, *, older_than_s: float, redelivery_s: float, limit: int
+    db: Database, *, older_than_s: float, redelivery_s: float, lease_s: float, limit: int
 ) -> list[Claimed]:
     """Submitted jobs that no worker will attempt again on its own.
 
     A job qualifies when it has been idle ``older_than_s`` (or its hold outlived its TTL),
     and its next attempt -- a retry due at ``next_attempt_at``, or the attempt that was
     running until then -- is more than ``redelivery_s`` in the past: the longest a broker
-    takes to hand a lost worker's message to another worker.
+    takes to hand a lost worker's message to another worker. The claim takes the job's
+    lease for ``lease_s``, so a late delivery waits while the resolver asks the vendor.
     """
     now = utcnow()
     expired_holds = select(Hold.job_id).where(
@@ -94,15 +95,21 @@ def claim_in_doubt(
         .limit(limit)
     )
     with db.unit_of_work() as session:
-        claimed = _lease(session, claim_batch(session, query), now)
+        lease = now + timedelta(seconds=lease_s)
+        claimed = _lease(session, claim_batch(session, query), now, next_attempt_at=lease)
         session.commit()
         return claimed
 
 
 def mark_republished(db: Database, pk: int) -> None:
-    """A job re-sent by a sweep: count it, so a job that keeps coming back is given up."""
+    """A job re-sent by a sweep: count it, so a job that keeps coming back is given up, and
+    give up the resolver's lease, so the re-sent message runs at once."""
     with db.unit_of_work() as session:
-        session.execute(update(Job).where(Job.id == pk).values(republished=Job.republished + 1))
+        session.execute(
+            update(Job)
+            .where(Job.id == pk)
+            .values(republished=Job.republished + 1, next_attempt_at=None)
+        )
         session.commit()
 
 

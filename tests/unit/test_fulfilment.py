@@ -321,25 +321,24 @@ def test_rates_come_from_settings():
     assert StubRates.from_settings(settings) == StubRates(0.5, 0.25, 0.2, 0.05, 4, 0, 9, 3)
 
 
-def test_a_send_that_loses_the_race_to_a_void_reports_the_void_and_never_sends(server):
-    redis = fakeredis.FakeRedis(server=server)
-    provider = StubProvider(redis, only("delivered"), prefix="t:")
+def test_a_send_after_a_void_reports_the_void_and_never_sends(server):
+    # given a key the resolver voided (a send of it never reached the vendor)
+    provider = StubProvider(fakeredis.FakeRedis(server=server), only("delivered"), prefix="t:")
     task = parse_job({"job_id": "v1", "member_id": 1, "action": "task", "title": "t"})
-    # the resolver voids the key just after the send read "no outcome yet"
-    real_hget = redis.hget
-    calls = {"n": 0}
-
-    def hget(key, field):
-        if field == "outcome" and calls["n"] == 0:
-            calls["n"] += 1
-            provider.void("v1")
-            return None
-        return real_hget(key, field)
-
-    redis.hget = hget
+    assert provider.void("v1") == VendorStatus.FAILED
+    # when the late send arrives, it is refused and nothing is sent
     with pytest.raises(PermanentVendorError, match="voided"):
         provider.submit(task, idempotency_key="v1")
     assert provider.sends("v1") == 0
+
+
+def test_a_void_after_a_send_reports_what_the_send_did(server):
+    # a send settles its key in one atomic call, so a void after it cannot undo it
+    provider = StubProvider(fakeredis.FakeRedis(server=server), only("delivered"), prefix="t:")
+    task = parse_job({"job_id": "v2", "member_id": 1, "action": "task", "title": "t"})
+    provider.submit(task, idempotency_key="v2")
+    assert provider.void("v2") == VendorStatus.DELIVERED
+    assert provider.sends("v2") == 1
 
 
 # ---------------------------------------------------------------- the vendor timeout

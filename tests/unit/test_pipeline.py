@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from shared.config import load_settings
 from shared.db import Database
 from shared.errors import NotFound, PermanentVendorError
-from shared.models import DeadLetter, Job, JobTransition, LedgerTransaction
+from shared.models import DeadLetter, Job, JobTransition, LedgerTransaction, utcnow
 from shared.services import balances, job_reports, ledger
 from shared.services.reconcile import reconcile
 from shared.services.recovery import vendor_key
@@ -121,6 +122,18 @@ def transitions(db: Database, job_id: str) -> list[str]:
                 .order_by(JobTransition.id)
             )
         )
+
+
+def retry_is_due(db: Database, job_id: str) -> None:
+    """Time passes until the job's retry is due (its lease, ``next_attempt_at``, ends)."""
+    with db.unit_of_work() as session:
+        session.execute(update(Job).where(Job.job_id == job_id).values(next_attempt_at=None))
+        session.commit()
+
+
+def lease_of(db: Database, job_id: str):
+    with db.unit_of_work() as session:
+        return session.scalar(select(Job.next_attempt_at).where(Job.job_id == job_id))
 
 
 def wallet(db: Database, member_id: int) -> tuple[int, int]:
@@ -255,6 +268,7 @@ def test_a_retried_job_completes_on_the_next_delivery_and_is_sent_once(db, make_
     pipeline = make_pipeline("transient", stub_transient_attempts=1)
     with pytest.raises(RetryLater):
         run(pipeline, note("j-1", member))
+    retry_is_due(db, "j-1")
     result = run(pipeline, note("j-1", member))
     assert result["status"] == "completed"
     found = report(db, "j-1")
@@ -279,6 +293,7 @@ def test_retry_backoff_grows_with_attempts_up_to_the_ceiling(db, make_pipeline):
         with pytest.raises(RetryLater) as caught:
             run(pipeline, note("j-1", member))
         countdowns.append(caught.value.countdown_s)
+        retry_is_due(db, "j-1")
     ceilings = [1.0, 2.0, 4.0, 4.0, 4.0]
     assert all(c / 2 <= d <= c for d, c in zip(countdowns, ceilings, strict=True)), countdowns
 
@@ -304,6 +319,7 @@ def test_vendor_attempts_count_across_deliveries_against_retry_max(db, make_pipe
     for _ in range(2):
         with pytest.raises(RetryLater):
             run(pipeline, note("j-1", member))
+        retry_is_due(db, "j-1")
     assert run(pipeline, note("j-1", member))["status"] == "submitted"
     assert report(db, "j-1").job.attempts == 3
 
@@ -587,22 +603,47 @@ def test_a_gift_card_in_the_catalog_costs_its_denomination_plus_the_fee(db, make
 # ---------------------------------------------------------------- locks
 
 
-def test_a_job_locked_by_another_delivery_is_retried_and_records_nothing(db, make_pipeline):
+def test_a_delivery_of_a_job_whose_attempt_is_running_is_retried_and_changes_nothing(
+    db, make_pipeline
+):
+    # given an attempt that is still talking to the vendor (its lease runs)
     member = member_with(db, 20)
-    pipeline = make_pipeline("delivered")
-    with pipeline.res.locks.job(member, "j-1") as locked:
-        assert locked
-        with pytest.raises(LockBusy):
-            run(pipeline, note("j-1", member))
-    assert job_count(db) == 0
+    pipeline = make_pipeline("timeout")
+    run(pipeline, note("j-1", member))  # in doubt: no lease left, the resolver's turn
+    with db.unit_of_work() as session:
+        running = utcnow() + timedelta(seconds=60)
+        session.execute(update(Job).where(Job.job_id == "j-1").values(next_attempt_at=running))
+        session.commit()
+    # when a second delivery of the message arrives
+    with pytest.raises(LockBusy):
+        run(pipeline, note("j-1", member))
+    # then it counts no attempt and calls no vendor
+    assert report(db, "j-1").job.attempts == 1
+
+
+def test_an_accepted_attempt_holds_the_jobs_lease_for_one_vendor_call(db, make_pipeline):
+    member = member_with(db, 20)
+    pipeline = make_pipeline("transient", stub_transient_attempts=1, retry_backoff_base_s=30,
+                             retry_backoff_max_s=60)  # fmt: skip
+    with pytest.raises(RetryLater) as caught:
+        run(pipeline, note("j-1", member))
+    # the lease now lasts until the retry is due: an early delivery is told to come back
+    assert lease_of(db, "j-1") is not None
+    with pytest.raises(LockBusy):
+        run(pipeline, note("j-1", member))
+    assert caught.value.countdown_s >= 15
+    retry_is_due(db, "j-1")
     assert run(pipeline, note("j-1", member))["status"] == "completed"
 
 
-def test_another_members_job_with_the_same_id_is_not_blocked_by_its_lock(db, make_pipeline):
+def test_another_members_job_with_the_same_id_has_a_lease_of_its_own(db, make_pipeline):
     member, other = member_with(db, 20), member_with(db, 20)
-    pipeline = make_pipeline("delivered")
-    with pipeline.res.locks.job(member, "j-1"):
-        assert run(pipeline, note("j-1", other))["status"] == "completed"
+    pipeline = make_pipeline("transient", stub_transient_attempts=1, retry_backoff_base_s=30,
+                             retry_backoff_max_s=60)  # fmt: skip
+    with pytest.raises(RetryLater):
+        run(pipeline, note("j-1", member))
+    with pytest.raises(RetryLater):  # not LockBusy: the other member's job is another job
+        run(pipeline, note("j-1", other))
 
 
 def test_a_busy_member_wallet_lock_is_retried_and_records_nothing(db, make_pipeline):

@@ -4,6 +4,7 @@ given up, not re-sent for ever. Re-sent jobs land, signed, on the in-process bro
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from datetime import timedelta
 
@@ -142,10 +143,29 @@ def test_an_unreachable_vendor_never_settles_a_job(resources):
 
 
 def test_a_job_a_worker_is_running_is_left_to_it(resources):
-    member, _key = in_doubt(resources)
-    with resources.locks.job(member, "j-1"):
-        assert sweeps.resolve_in_doubt(resources).counts == {"busy": 1}
+    # given an in-doubt job that a worker has just picked up again (it holds the lease)
+    in_doubt(resources)
+    with resources.db.unit_of_work() as session:
+        running = utcnow() + timedelta(seconds=60)
+        session.execute(update(Job).values(next_attempt_at=running))
+        session.commit()
+    # then the resolver does not claim it
+    assert sweeps.resolve_in_doubt(resources).counts == {}
     assert job_reports.job_report(resources.db, "j-1").job.status == "submitted"
+
+
+def test_the_resolver_takes_the_lease_of_a_job_it_asks_the_vendor_about(resources):
+    # given an in-doubt job the vendor is still working on
+    member, key = in_doubt(resources)
+    resources.provider.submit(parse_job(note("j-1", member)), idempotency_key=key)
+    resources.provider.redis.hset(f"{resources.settings.key_prefix}stub:send:{key}",
+                                  "pending_until", f"{time.time() + 60:.3f}")  # fmt: skip
+    # when the resolver asks (pending: the hold is kept)
+    assert sweeps.resolve_in_doubt(resources).counts == {"pending": 1}
+    # then a late delivery of the job waits for the resolver's lease
+    with resources.db.unit_of_work() as session:
+        lease = session.scalar(select(Job.next_attempt_at))
+    assert lease > utcnow()
 
 
 def test_a_job_whose_retry_is_still_due_is_not_touched(resources):

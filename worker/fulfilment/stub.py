@@ -34,6 +34,37 @@ end
 return 1
 """
 
+# One vendor call is one round trip, as an HTTP call would be: the outage check, the
+# attempt count, the replay of a settled key, and the settling of a new one, atomically.
+# ARGV: the plan ("delivered", "failed" or "transient"), how many transient failures come
+# first, the outcome a transient plan settles to afterwards, "1" if that outcome is a
+# physical send, then the record's field pairs.
+_SUBMIT = """
+if redis.call('EXISTS', KEYS[2]) == 1 then
+    return {'outage'}
+end
+local attempt = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+local known = redis.call('HMGET', KEYS[1], 'outcome', 'ref', 'voided')
+if known[1] then
+    return {'replay', known[1], known[2] or '', known[3] or ''}
+end
+local outcome = ARGV[1]
+if outcome == 'transient' then
+    if attempt <= tonumber(ARGV[2]) then
+        return {'transient', tostring(attempt)}
+    end
+    outcome = ARGV[3]
+end
+redis.call('HSET', KEYS[1], 'outcome', outcome)
+for i = 5, #ARGV, 2 do
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+if ARGV[4] == '1' then
+    redis.call('HINCRBY', KEYS[1], 'sends', 1)
+end
+return {'settled', outcome}
+"""
+
 VENDORS = {
     "handwritten_note": ("print-house", "PH"),
     "postcard": ("print-house", "PH"),
@@ -82,7 +113,9 @@ class StubProvider:
         self.rates = rates
         self.prefix = f"{prefix}stub:"
         self.timeout_s = timeout_s
+        self._outage_key = f"{self.prefix}outage"
         self._settle_script = redis.register_script(_SETTLE)
+        self._submit_script = redis.register_script(_SUBMIT)
 
     # -- the draw
 
@@ -107,39 +140,49 @@ class StubProvider:
 
     def submit(self, job: Job, *, idempotency_key: str) -> Submission:
         vendor, ref_prefix = VENDORS.get(job.action, CHANNEL)
-        record = self._record_key(idempotency_key)
         late = self._latency()
-        if self.outage:
-            raise TransientVendorError(f"{vendor} unreachable (outage)")
-        attempt = self.redis.hincrby(record, "attempts", 1)
-        known = self.redis.hget(record, "outcome")
-        if known is not None:  # the same key never sends twice: replay what happened
-            return self._replay(vendor, record, known.decode())
         plan = self.planned_outcome(idempotency_key)
-        if plan == "transient" and attempt <= self.rates.transient_attempts:
-            raise TransientVendorError(f"{vendor} busy (HTTP 503), attempt {attempt}")
         ref = f"{ref_prefix}-{hashlib.sha1(idempotency_key.encode()).hexdigest()[:12]}"  # noqa: S324
-        # Whoever settles the key first wins (a concurrent send, or the resolver's void);
-        # a loser reports what really happened, never its own plan.
-        if plan == "rejected":
-            if not self._settle(record, "failed", ref, vendor):
-                return self._replay(vendor, record, self._outcome(record))
-            raise PermanentVendorError(f"{vendor} refused: {REJECTIONS[vendor]}")
+        fields = {"ref": ref, "vendor": vendor}
+        outcome = {"rejected": "failed", "timeout": None}.get(plan, "delivered")
         if plan == "timeout":
             # The vendor did act; only the reply was lost. Half of these went out.
-            truth = "delivered" if self._unit(idempotency_key, "timeout") < 0.5 else "failed"
-            if not self._settle(record, truth, ref, vendor, pending=True):
-                return self._replay(vendor, record, self._outcome(record))
+            sent = self._unit(idempotency_key, "timeout") < 0.5
+            outcome = "delivered" if sent else "failed"
+            fields["pending_until"] = f"{time.time() + self.rates.pending_s:.3f}"
+        args = ["transient" if plan == "transient" else outcome, self.rates.transient_attempts,
+                outcome, "1" if outcome == "delivered" else "0"]  # fmt: skip
+        for key, value in fields.items():
+            args.extend((key, value))
+        answer = [
+            part.decode() if isinstance(part, bytes) else str(part)
+            for part in self._submit_script(
+                keys=[self._record_key(idempotency_key), self._outage_key], args=args
+            )
+        ]
+        return self._answer(vendor, plan, ref, answer, late=late)
+
+    def _answer(self, vendor: str, plan: str, ref: str, answer: list[str], *, late: bool):
+        """What the vendor says back: a receipt, or the error a real adapter would raise."""
+        kind = answer[0]
+        if kind == "outage":
+            raise TransientVendorError(f"{vendor} unreachable (outage)")
+        if kind == "transient":
+            raise TransientVendorError(f"{vendor} busy (HTTP 503), attempt {answer[1]}")
+        if kind == "replay":  # the same key never sends twice: replay what happened
+            _kind, outcome, known_ref, voided = answer
+            if outcome == "failed":
+                why = "the order was voided" if voided else REJECTIONS[vendor]
+                raise PermanentVendorError(f"{vendor} refused: {why}")
+            return Submission(vendor, known_ref)
+        if plan == "rejected":
+            raise PermanentVendorError(f"{vendor} refused: {REJECTIONS[vendor]}")
+        if plan == "timeout":
             raise VendorOutcomeUnknown(f"{vendor} did not answer in time")
-        if not self._settle(record, "delivered", ref, vendor):
-            return self._replay(vendor, record, self._outcome(record))
         if late:
             # The vendor sent it, but its answer came after our timeout: we cannot know.
             raise VendorOutcomeUnknown(f"{vendor} gave no answer within {self.timeout_s:g}s")
         return Submission(vendor, ref)
-
-    def _outcome(self, record: str) -> str:
-        return self.redis.hget(record, "outcome").decode()
 
     def status(self, idempotency_key: str) -> VendorStatus:
         if self.outage:
@@ -169,25 +212,18 @@ class StubProvider:
 
     @property
     def outage(self) -> bool:
-        return bool(self.redis.exists(f"{self.prefix}outage"))
+        return bool(self.redis.exists(self._outage_key))
 
     def set_outage(self, on: bool, *, ttl_s: int | None = None) -> None:
         if on:
-            self.redis.set(f"{self.prefix}outage", "1", ex=ttl_s)
+            self.redis.set(self._outage_key, "1", ex=ttl_s)
         else:
-            self.redis.delete(f"{self.prefix}outage")
+            self.redis.delete(self._outage_key)
 
     # -- internals
 
     def _record_key(self, idempotency_key: str) -> str:
         return f"{self.prefix}send:{idempotency_key}"
-
-    def _settle(self, record: str, outcome: str, ref: str, vendor: str, *, pending=False) -> bool:
-        """Record the outcome unless another call (a send, a void) got there first."""
-        fields = {"ref": ref, "vendor": vendor}
-        if pending:
-            fields["pending_until"] = f"{time.time() + self.rates.pending_s:.3f}"
-        return self._record(record, outcome, fields, sent=outcome == "delivered")
 
     def _record(self, record: str, outcome: str, fields: dict[str, str], *, sent: bool) -> bool:
         # One script: Redis dying half-way must not leave an outcome without its send count.
@@ -195,14 +231,6 @@ class StubProvider:
         for key, value in fields.items():
             args.extend((key, value))
         return bool(self._settle_script(keys=[record], args=args))
-
-    def _replay(self, vendor: str, record: str, outcome: str) -> Submission:
-        if outcome == "failed":
-            if self.redis.hget(record, "voided"):
-                raise PermanentVendorError(f"{vendor} refused: the order was voided")
-            raise PermanentVendorError(f"{vendor} refused: {REJECTIONS[vendor]}")
-        ref = self.redis.hget(record, "ref")
-        return Submission(vendor, ref.decode() if ref else "")
 
     def _latency(self) -> bool:
         """Wait as long as the vendor takes, but no longer than our timeout; True when the
