@@ -141,8 +141,11 @@ def view_of(
 
 
 # Statements of the hot path, built once: constructing a statement costs more CPU than
-# running it.
+# running it. They return only the columns a view, a move or the lease check reads.
 _J, _JT, _M, _W = Job.__table__, JobTransition.__table__, Member.__table__, Wallet.__table__
+_VIEW = [_J.c[name] for name in ("id", "job_id", "member_id", "action", "status", "cost",
+         "catalog_version", "attempts", "flow_id", "step_id", "source", "last_error",
+         "content_hash", "next_attempt_at")]  # fmt: skip
 _BALANCES = (
     select(_W.c.available, _W.c.held)
     .join(_M, _M.c.wallet_id == _W.c.id)
@@ -152,12 +155,12 @@ _ACTIVE_MEMBER_WALLET = select(_M.c.wallet_id).where(
     _M.c.id == bindparam("member"), _M.c.active.is_(True)
 )
 _EXISTING_JOB = (
-    select(*_J.c)
+    select(*_VIEW)
     .where(_J.c.member_id == bindparam("member"), _J.c.job_id == bindparam("job_id"))
     .with_for_update()
 )
 _LOCK_WITH_WALLET = (
-    select(*_J.c, _M.c.wallet_id.label("wallet_id"))
+    select(*_VIEW, _M.c.wallet_id.label("wallet_id"))
     .join(_M, _M.c.id == _J.c.member_id)
     .where(_J.c.id == bindparam("pk"))
     .with_for_update(of=_J)
@@ -165,14 +168,14 @@ _LOCK_WITH_WALLET = (
 _MOVE = (
     update(_J)
     .where(_J.c.id == bindparam("pk"), _J.c.status.in_(bindparam("allowed", expanding=True)))
-    .returning(*_J.c)
+    .returning(*_VIEW)
 )
-_NOTE = update(_J).where(_J.c.id == bindparam("pk")).returning(*_J.c)
+_NOTE = update(_J).where(_J.c.id == bindparam("pk")).returning(*_VIEW)
 _INSERT_TRANSITIONS = insert(_JT)
 _INSERT_JOB = {
     name: dialect.insert(_J)
     .on_conflict_do_nothing(index_elements=["member_id", "job_id"])
-    .returning(*_J.c)
+    .returning(*_VIEW)
     for name, dialect in (("postgresql", postgresql), ("sqlite", sqlite))
 }
 
