@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from itertools import pairwise
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -165,6 +165,16 @@ _LOCK_WITH_WALLET = (
     .where(_J.c.id == bindparam("pk"))
     .with_for_update(of=_J)
 )
+# Settling needs no wait for the commit's flush to disk (PostgreSQL): if the server dies
+# before it, the job is back to submitted with its hold, and the resolver settles it again
+# from the vendor's own record. Accepting, which comes before the vendor is called, is
+# always flushed. Asked for in the same statement as the lock, so it costs no round trip.
+_SETTLE_LOCK = {
+    "postgresql": _LOCK_WITH_WALLET.add_columns(
+        func.set_config("synchronous_commit", "off", True).label("async_commit")
+    ),
+    "sqlite": _LOCK_WITH_WALLET,
+}
 _MOVE = (
     update(_J)
     .where(_J.c.id == bindparam("pk"), _J.c.status.in_(bindparam("allowed", expanding=True)))
@@ -440,7 +450,8 @@ def refund(db: Database, pk: int, *, reason: str, notify: Notify | None = None) 
 
 def _settle(db: Database, pk: int, to: JobStatus, outcome: HoldState, notify, **values):
     with db.unit_of_work() as session:
-        job = session.connection().execute(_LOCK_WITH_WALLET, {"pk": pk}).one_or_none()
+        conn = session.connection()
+        job = conn.execute(_SETTLE_LOCK[conn.dialect.name], {"pk": pk}).one_or_none()
         if job is None:
             raise NotFound("job", pk)
         if job.status == to:
