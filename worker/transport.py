@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from contextlib import nullcontext
 from queue import Empty
 from typing import Any
 
@@ -80,6 +81,19 @@ class Channel(kombu_redis.Channel):
             if not getattr(self, "_closing", False):
                 raise
             return None  # an auto-delete queue of a closing channel: Redis is down
+
+    def conn_or_acquire(self, client: Any = None):
+        # kombu builds a new redis client object for every queue operation (each ack,
+        # each unacked record): building one costs more CPU than the command it sends.
+        # One client per pool does the same: a client checks a connection out of its
+        # pool for each command, so sharing it is safe.
+        if client is not None:
+            return nullcontext(client)
+        pool = self.pool
+        cached = self.__dict__.get("_shared_client")
+        if cached is None or cached.connection_pool is not pool:
+            cached = self.__dict__["_shared_client"] = self._create_client()
+        return nullcontext(cached)
 
     def _connparams(self, asynchronous: bool = False) -> dict:
         if self.connection is None or self.connection.client is None:
