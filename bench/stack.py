@@ -40,7 +40,6 @@ DRAIN_TIMEOUT_S = 900
 class Snapshot:
     redis: Counter[str]
     vendor: Counter[str]
-    pg: dict[str, int] | None
     cpu: dict[str, float]
 
 
@@ -175,19 +174,14 @@ class Stack:
 
     # ------------------------------------------------------------ measuring
 
-    def snapshot(self, worker: Worker, *, pg: bool) -> Snapshot:
+    def snapshot(self, worker: Worker) -> Snapshot:
         cpu = {
             "worker": cpu_seconds(worker.pids()),
             "postgres": cpu_seconds(self.pg.backends()),
             "app_redis": cpu_seconds([self.app_redis.proc.pid]),
             "vendor_redis": cpu_seconds([self.vendor_redis.proc.pid]),
         }
-        return Snapshot(
-            self.app_redis.commandstats(),
-            self.vendor_redis.commandstats(),
-            self.pg.counters() if pg else None,
-            cpu,
-        )
+        return Snapshot(self.app_redis.commandstats(), self.vendor_redis.commandstats(), cpu)
 
     def publish_noops(self, n: int) -> None:
         for _ in range(n):
@@ -212,7 +206,7 @@ class Stack:
         return returned, self.finals(cursor, len(jobs))
 
     def finals(self, after: str, n: int, timeout_s: float = DRAIN_TIMEOUT_S) -> dict:
-        """Wait for ``n`` final outcome events after stream id ``after``; {job_id: event}."""
+        """Wait for ``n`` final outcome events after stream id ``after``, by job_key."""
         found: dict[str, dict[str, str]] = {}
         deadline = time.monotonic() + timeout_s
         while len(found) < n:
@@ -238,17 +232,16 @@ class Stack:
         the last final event). ``accounted`` also counts PostgreSQL transactions, which
         needs the database's statistics to settle before and after (about 10 s)."""
         worker.pause()
-        if accounted:
-            self.pg.settle()
+        pg_before = self._settled_pg() if accounted else None
         cursor = self.events.last_id()
-        before = self.snapshot(worker, pg=accounted)
+        before = self.snapshot(worker)
         started = time.perf_counter()
         if jobs is None:
             self.publish_noops(n)
         else:
             self.publish_sends(jobs)
         publish_s = time.perf_counter() - started
-        published = self.snapshot(worker, pg=False)
+        published = self.snapshot(worker)
         waiting = self.queue.waiting()
         if waiting != n:
             self.log(f"  warning: {name}: the paused worker took {n - waiting} of {n} messages;"
@@ -262,12 +255,10 @@ class Stack:
             finals = self.finals(cursor, n)
             last = max(float(e["at"]) for e in finals.values())
             self._drained(worker)  # retries and acks done too, before counting
-        if accounted:
-            self.pg.settle()
-        after = self.snapshot(worker, pg=accounted)
+        after = self.snapshot(worker)
         pg = None
-        if accounted:
-            pg = {k: after.pg[k] - before.pg[k] for k in after.pg}
+        if pg_before is not None:
+            pg = {k: v - pg_before[k] for k, v in self._settled_pg().items()}
         return Drain(
             name, n, last - first, publish_s, timed=waiting,
             redis_publish=_minus(published.redis, before.redis),
@@ -277,6 +268,10 @@ class Stack:
             load=os.getloadavg()[0],
             statuses=dict(Counter(e["status"] for e in finals.values())), finals=finals,
         )  # fmt: skip
+
+    def _settled_pg(self) -> dict[str, int]:
+        self.pg.settle()
+        return self.pg.counters()
 
     def _drained(self, worker: Worker) -> float:
         """Wait until no message is waiting or unacked (seen twice in a row); its time."""
