@@ -104,7 +104,7 @@ def rows(r: dict) -> list[tuple[str, str, str]]:
     tp, ratios, lat, mem, cost = r["throughput"], r["ratios"], r["latency"], r["memory"], r["cost"]
     cpu = {name: cost[name]["cpu_ms_per_job"] for name in ("noop", "send", "one_member")}
     first, warm, end = mem["samples"][0], mem["samples"][1], mem["samples"][-1]
-    partial = "" if mem["sends"] >= FULL_RSS_JOBS else f" [{mem['tasks']:,} tasks, not 100,000]"
+    partial = "" if mem["sends"] >= FULL_RSS_JOBS else f"; {mem['tasks']:,} tasks, not 100k"
     written = sum(cost["send"]["pg_per_job"][k] for k in ("tup_inserted", "tup_updated",
                                                           "tup_deleted"))  # fmt: skip
     out = [
@@ -126,7 +126,10 @@ def rows(r: dict) -> list[tuple[str, str, str]]:
         ("(e) best pool / (b)", "(e) best pool / (b)", best["pool"] if best else "none ran"),
         ("(f) worker RSS: idle / warm / end", "(f) RSS growth after warm-up",
          f"{_mb(first['rss'])} / {_mb(warm['rss'])} / {_mb(end['rss'])} "
-         f"({mem['growth_from_warm']:+.1%}; {mem['growth_from_start']:+.1%} from idle){partial}"),
+         f"({mem['growth_from_warm']:+.1%}, {mem['growth_from_start']:+.1%} from idle{partial})"),
+        ("(f) worker PSS: idle / warm / end", None,
+         f"{_mb(first['pss'])} / {_mb(warm['pss'])} / {_mb(end['pss'])} "
+         f"({mem['pss_growth_from_warm']:+.1%} from warm)"),
         ("PG transactions per job: no-op / (b)", "PG transactions per job (b)",
          f"{_pg(r, 'noop'):.2f} / {_pg(r, 'send'):.2f}"),
         ("PG rows written per job (b)", None, f"{written:.1f}"),

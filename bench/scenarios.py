@@ -22,7 +22,9 @@ from bench.worker import Pool, Worker
 PRODUCTION_POOL = Pool("prefork", 2)
 SLOW_VENDOR_MS = 250
 SLOW_POOLS = (Pool("threads", 32), Pool("threads", 64), Pool("gevent", 64))
+QUICK_SLOW_POOLS = SLOW_POOLS[1:]
 WARM_NOOPS = 200
+SLOW_WARM_UP = 16  # jobs: the slow worker's first connections and threads
 RSS_BATCH = 5000
 
 
@@ -34,10 +36,13 @@ class Sizes:
     latency_s: float  # (d): seconds of steady publishing
     slow: int  # (e): jobs per pool
     rss_jobs: int  # (f): send_action jobs the production worker runs, at least
+    slow_pools: tuple[Pool, ...] = SLOW_POOLS  # (e)
     members: int = 100
 
 
-QUICK = Sizes(noop=1000, send=200, rounds=1, latency_s=6, slow=120, rss_jobs=0)
+QUICK = Sizes(
+    noop=800, send=150, rounds=1, latency_s=5, slow=80, rss_jobs=0, slow_pools=QUICK_SLOW_POOLS
+)
 DEFAULT = Sizes(noop=2000, send=400, rounds=3, latency_s=15, slow=240, rss_jobs=0)
 
 
@@ -93,11 +98,12 @@ class BrokerRun:
     def __init__(self, stack: Stack, sizes: Sizes, log: Any) -> None:
         self.stack, self.sizes, self.log = stack, sizes, log
         self.tag = Tags()
+        self.started = time.monotonic()
         self.memory = Memory()
         self.runs: dict[str, list[Drain]] = {"noop": [], "send": [], "one_member": []}
 
     def say(self, message: str) -> None:
-        self.log(f"[{self.stack.broker}] {message}")
+        self.log(f"[{self.stack.broker} +{time.monotonic() - self.started:.0f}s] {message}")
 
     def run(self) -> dict[str, Any]:
         self.members = self.stack.fund(self.sizes.members)
@@ -108,7 +114,7 @@ class BrokerRun:
             for r in range(self.sizes.rounds):
                 self.round(worker, r)
             latency = self.latency(worker)
-            slow = [self.slow_vendor(worker, pool) for pool in SLOW_POOLS]
+            slow = [self.slow_vendor(worker, pool) for pool in self.sizes.slow_pools]
             self.long_run(worker)
             self.memory.sample(worker, "end")
         return {
@@ -164,7 +170,7 @@ class BrokerRun:
                 slow.pause()
                 paired = self.drain(production, "send (paired)", self.sends("eb", n))
                 production.pause()
-                warm = self.sends("ew", pool.concurrency)
+                warm = self.sends("ew", min(pool.concurrency, SLOW_WARM_UP))
                 self.stack.drain(slow, "warm-up", len(warm), warm)
                 drain = self.stack.drain(slow, pool.label, n, self.sends("e", n))
                 result.update(rate=drain.rate, send_rate=paired.rate, jobs=n,

@@ -30,10 +30,12 @@ from tests.factories import ALL_DELIVERED, as_env, funded_members, postcard
 from worker.tasks.send import NOOP_TASK
 
 BROKERS = ("redis", "amqp")
-POLL_S = 0.005
+POLL_S = 0.01
 # Generous: every job costs one credit, and a run never sends more than this per member.
 CREDITS_PER_MEMBER = 1_000_000
 DRAIN_TIMEOUT_S = 900
+# A Redis BRPOP under way when the worker paused may still take one message.
+LEAK_EXPECTED = 1
 
 
 @dataclass
@@ -243,7 +245,7 @@ class Stack:
         publish_s = time.perf_counter() - started
         published = self.snapshot(worker)
         waiting = self.queue.waiting()
-        if waiting != n:
+        if waiting < n - LEAK_EXPECTED:
             self.log(f"  warning: {name}: the paused worker took {n - waiting} of {n} messages;"
                      " timing the rest")  # fmt: skip
         worker.resume()

@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +22,6 @@ from shared.queues import FLOW_QUEUE, QUEUE_NAMES, celery_broker_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 CELERY = str(Path(sys.executable).with_name("celery"))
-# kombu's Redis transport waits this long in BRPOP: a consumer cancelled during a BRPOP
-# can still take one message until it returns.
-BRPOP_TIMEOUT_S = 1.0
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -102,12 +98,10 @@ class Worker:
         """Stop taking messages from the flow queue (the one every run publishes to).
 
         The worker answers a cancel before it acts on it (the green pools' loop can take
-        seconds to), so wait until it no longer lists the queue; a Redis BRPOP already
-        under way can still take one message until it times out."""
+        seconds to), so wait until it no longer lists the queue. With Redis, a BRPOP
+        already under way can still take one message (a drain times the rest)."""
         self._control("cancel_consumer")
         wait_for(lambda: not self.consuming(), 30, f"{self.node} to stop consuming")
-        if self.app.conf.broker_url.startswith("redis"):
-            time.sleep(BRPOP_TIMEOUT_S + 0.2)
 
     def resume(self) -> None:
         self._control("add_consumer")
