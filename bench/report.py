@@ -111,6 +111,7 @@ def rows(r: dict) -> list[tuple[str, str, str]]:
         ("(a) no-op ceiling", None, _rate(tp["noop"], "tasks/s")),
         ("(b) send_action, 100 members", None, _rate(tp["send"], "jobs/s")),
         ("(b)/(a)", "(b)/(a)", _ratio(ratios["send_over_noop"])),
+        ("(b)/(a) from CPU per job (worker+PG+Redis)", None, f"{cpu_ratio(r):.2f}"),
         ("(c) send_action, one member", None, _rate(tp["one_member"], "jobs/s")),
         ("(c)/(b)", "(c)/(b)", _ratio(ratios["one_member_over_send"])),
         (f"(d) latency at {lat['rate']:.1f} jobs/s: p50 / p99 / max", "(d) p99 latency, ms",
@@ -141,7 +142,6 @@ def rows(r: dict) -> list[tuple[str, str, str]]:
          " / ".join(f"{cpu[n]['worker']:.1f}" for n in cpu)),
         ("CPU ms per job (b): PostgreSQL / app Redis", None,
          f"{cpu['send']['postgres']:.1f} / {cpu['send']['app_redis']:.1f}"),
-        ("(b)/(a) from CPU per job (worker+PG+Redis)", None, f"{cpu_ratio(r):.2f}"),
         ("vendor stub's Redis per job (not ours)", None,
          f"{cost['send']['vendor_redis_per_job']:.1f}"),
     ]  # fmt: skip
