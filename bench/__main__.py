@@ -5,7 +5,7 @@ for the stub vendor, a fresh PostgreSQL database and, with RabbitMQ, a fresh vho
 real `celery -A worker worker` processes with the project's settings; and reports the
 figures and targets of issue 10 side by side from one run, as a table and as JSON.
 
-    python -m bench [--quick] [--broker redis|amqp|all] [--json PATH] [--rss-jobs N]
+    python -m bench [--quick] [--broker redis|amqp|all] [--json PATH] [--rss-jobs N] [--rounds N]
 
 Environment: CREDITS_BENCH_PG_URL (default postgresql://postgres@127.0.0.1:5432/postgres),
 CREDITS_BENCH_AMQP_URL (default amqp://guest:guest@127.0.0.1:5672; vhosts are made with
@@ -34,7 +34,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="about a minute per broker")
+    parser.add_argument("--quick", action="store_true", help="one round, smaller runs")
     parser.add_argument("--broker", choices=[*BROKERS, "all"], default="all")
     parser.add_argument("--json", type=Path, default=RESULTS / "latest.json", metavar="PATH")
     parser.add_argument("--rss-jobs", type=int, default=None, metavar="N",

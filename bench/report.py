@@ -114,8 +114,9 @@ def rows(r: dict) -> list[tuple[str, str, str]]:
         ("(b)/(a) from CPU per job (worker+PG+Redis)", None, f"{cpu_ratio(r):.2f}"),
         ("(c) send_action, one member", None, _rate(tp["one_member"], "jobs/s")),
         ("(c)/(b)", "(c)/(b)", _ratio(ratios["one_member_over_send"])),
-        (f"(d) latency at {lat['rate']:.1f} jobs/s: p50 / p99 / max", "(d) p99 latency, ms",
-         f"{lat['p50_ms']:.0f} / {lat['p99_ms']:.0f} / {lat['max_ms']:.0f} ms"),
+        ("(d) latency at half (b)'s rate: p50 / p99 / max", "(d) p99 latency, ms",
+         f"{lat['p50_ms']:.0f} / {lat['p99_ms']:.0f} / {lat['max_ms']:.0f} ms "
+         f"at {lat['rate']:.1f} jobs/s"),
     ]  # fmt: skip
     slow = r["slow_vendor"]
     for p in slow["pools"]:
@@ -161,13 +162,25 @@ def table(headers: list[str], body: list[list[str]]) -> str:
     return "\n".join([fmt(headers), line, *(fmt(r) for r in body)])
 
 
-def figures_table(results: dict[str, dict]) -> str:
+def figures(results: dict[str, dict]) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows: one row per figure, one column per broker."""
     brokers = list(results)
     per = {b: rows(results[b]) for b in brokers}
-    first = per[brokers[0]]
     body = [[label, target, *(per[b][i][2] for b in brokers)]
-            for i, (label, target, _) in enumerate(first)]  # fmt: skip
-    return table(["figure", "target", *brokers], body)
+            for i, (label, target, _) in enumerate(per[brokers[0]])]  # fmt: skip
+    return ["figure", "target", *brokers], body
+
+
+def figures_table(results: dict[str, dict]) -> str:
+    return table(*figures(results))
+
+
+def markdown(report: dict) -> str:
+    """The figures as a Markdown table, with the machine, for the README."""
+    headers, body = figures(report["results"])
+    lines = [f"| {' | '.join(headers)} |", f"|{' --- |' * len(headers)}"]
+    lines += [f"| {' | '.join(c.replace('|', '/') for c in row)} |" for row in body]
+    return "\n".join([*lines, "", f"Machine: {machine_line(report['machine'])}."])
 
 
 def commands_table(results: dict[str, dict], top: int = 20) -> str:
@@ -217,3 +230,12 @@ def render(report: dict) -> str:
         for note in notes:
             parts.append(f"{b}: worker errors with {note}")
     return "\n".join(parts)
+
+
+if __name__ == "__main__":  # python -m bench.report [JSON]: the README's Markdown table
+    import json
+    import sys
+    from pathlib import Path
+
+    default = Path(__file__).resolve().parent / "results" / "latest.json"
+    print(markdown(json.loads(Path(sys.argv[1] if len(sys.argv) > 1 else default).read_text())))
