@@ -10,7 +10,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test unit integration bench lint lock clean
+.PHONY: demo test unit integration bench profile lint lock clean
 
 # The virtualenv gets the dev lock (runtime + test and lint tools); the image gets only
 # requirements.lock (see Dockerfile).
@@ -34,8 +34,14 @@ unit: $(STAMP)
 integration: $(STAMP)
 	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
 
+# Real workers on private servers against a no-op ceiling (see bench/__main__.py); needs
+# redis-server, PostgreSQL and, for --broker amqp/all, RabbitMQ. BENCH_ARGS=--quick.
 bench: $(STAMP)
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# py-spy on a worker during a (b)-style run; writes bench/results/profile-*.
+profile: $(STAMP)
+	$(BIN)/python -m bench.profile $(PROFILE_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

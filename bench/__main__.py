@@ -1,140 +1,92 @@
-"""Throughput of the ledger and the send pipeline, as ratios to a baseline from the same run.
+"""`make bench`: the send pipeline measured end to end with real workers, against a no-op.
 
-The baseline is the least any reservation can cost on that database: one conditional
-UPDATE of a balance plus one INSERT, committed, in hand-written SQL. Every other figure
-is printed as ops/s and as a multiple of that baseline's time per op, so the numbers
-compare across machines. Runs on SQLite always and on PostgreSQL when it answers
-(CREDITS_BENCH_PG_URL, default postgresql://postgres@127.0.0.1:5432/postgres).
+Starts a private redis-server for the app (locks, events, and the broker with Redis), one
+for the stub vendor, a fresh PostgreSQL database and, with RabbitMQ, a fresh vhost; runs
+real `celery -A worker worker` processes with the project's settings; and reports the
+figures and targets of issue 10 side by side from one run, as a table and as JSON.
 
-    python -m bench [--ops N]
+    python -m bench [--quick] [--broker redis|amqp|all] [--json PATH] [--rss-jobs N] [--rounds N]
+
+Environment: CREDITS_BENCH_PG_URL (default postgresql://postgres@127.0.0.1:5432/postgres),
+CREDITS_BENCH_AMQP_URL (default amqp://guest:guest@127.0.0.1:5672; vhosts are made with
+rabbitmqctl). Other CREDITS_* variables reach the workers as they are.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
-import random
+import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Callable
-from contextlib import closing, suppress
+from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import text
+from bench.report import FULL_RSS_JOBS, render, verdicts
+from bench.scenarios import DEFAULT, QUICK, run_broker
+from bench.services import Postgres, machine_facts
+from bench.stack import BROKERS
 
-from shared.config import load_settings
-from shared.db import Database
-from shared.migrations import upgrade
-from shared.services import directory, ledger
-
-PG_ADMIN = os.environ.get("CREDITS_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def funded(db: Database, credits: int) -> int:
-    account = directory.create_account(db, "Bench")
-    ledger.topup(db, account.id, credits)
-    ws = directory.create_workspace(db, account.id, "Bench")
-    member = directory.add_member(db, ws.id, "Bench")
-    ledger.allocate(db, "workspace", ws.id, amount=credits)
-    ledger.allocate(db, "member", member.id, amount=credits)
-    return member.id
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one round, smaller runs")
+    parser.add_argument("--broker", choices=[*BROKERS, "all"], default="all")
+    parser.add_argument("--json", type=Path, default=RESULTS / "latest.json", metavar="PATH")
+    parser.add_argument("--rss-jobs", type=int, default=None, metavar="N",
+                        help=f"(f): run at least N send_action jobs on the production worker "
+                             f"(the target is for {FULL_RSS_JOBS:,}; that takes long)")  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=None, help="rounds of (a), (b), (c)")
+    return parser.parse_args(argv)
 
 
-def timed(n: int, op: Callable[[int], object]) -> float:
-    start = time.perf_counter()
-    for i in range(n):
-        op(i)
-    return (time.perf_counter() - start) / n
-
-
-def baseline(db: Database, n: int) -> float:
-    with db.engine.begin() as conn:
-        conn.execute(text("CREATE TABLE IF NOT EXISTS bench_wallet (id INT PRIMARY KEY, v BIGINT)"))
-        conn.execute(text("CREATE TABLE IF NOT EXISTS bench_hold (k VARCHAR(64) PRIMARY KEY)"))
-        conn.execute(text("DELETE FROM bench_wallet"))
-        conn.execute(text("INSERT INTO bench_wallet VALUES (1, :v)"), {"v": 10 * n})
-    run = uuid.uuid4().hex[:8]
-
-    def op(i: int) -> None:
-        with db.engine.begin() as conn:
-            conn.execute(text("UPDATE bench_wallet SET v = v - 1 WHERE id = 1 AND v >= 1"))
-            conn.execute(text("INSERT INTO bench_hold VALUES (:k)"), {"k": f"{run}-{i}"})
-
-    return timed(n, op)
-
-
-def hold_capture(db: Database, n: int) -> float:
-    member = funded(db, 10 * n)
-    run = uuid.uuid4().hex[:8]
-
-    def op(i: int) -> None:
-        ledger.hold(db, f"b-{run}-{i}", member, 5)
-        ledger.capture(db, f"b-{run}-{i}")
-
-    return timed(n, op)
-
-
-def pipeline(db: Database, url: str, n: int) -> float:
-    from worker.demo import make_job
-    from worker.pipeline import SendPipeline
-    from worker.resources import Resources
-
-    settings = load_settings(
-        database_url=url, redis_url=f"memory://bench-{uuid.uuid4().hex[:6]}",
-        broker_url="memory://", stub_latency_ms=0, stub_delivered_rate=1,
-        stub_rejected_rate=0, stub_transient_rate=0, stub_timeout_rate=0,
-    )  # fmt: skip
-    member = funded(db, 100 * n)
-    rng = random.Random(1)
-    jobs = [make_job(rng, i, member) | {"job_id": f"p-{uuid.uuid4().hex}"} for i in range(n)]
-    pipe = SendPipeline(Resources(settings))
-    return timed(n, lambda i: pipe.process(jobs[i]))
-
-
-def report(name: str, base_s: float, rows: list[tuple[str, float]]) -> None:
-    print(f"\n{name}: baseline (bare conditional UPDATE + INSERT) {1 / base_s:,.0f} ops/s")
-    print(f"  {'operation':<34}{'ops/s':>10}{'x baseline time':>18}")
-    for label, per_op in rows:
-        print(f"  {label:<34}{1 / per_op:>10,.0f}{per_op / base_s:>17.1f}x")
-
-
-def bench_db(name: str, url: str, n: int) -> None:
-    upgrade(url)
-    db = Database(url)
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    sizes = QUICK if args.quick else DEFAULT
+    if args.rss_jobs is not None:
+        sizes = dataclasses.replace(sizes, rss_jobs=args.rss_jobs)
+    if args.rounds is not None:
+        sizes = dataclasses.replace(sizes, rounds=args.rounds)
+    brokers = BROKERS if args.broker == "all" else (args.broker,)
+    pg = Postgres().create()
     try:
-        base = baseline(db, n)
-        rows = [
-            ("ledger hold + capture (2 txns)", hold_capture(db, n)),
-            ("pipeline, one job end to end", pipeline(db, url, n)),
-        ]
-        report(name, base, rows)
+        machine = machine_facts(pg)
     finally:
-        db.dispose()
+        pg.drop()
+    report = {"started": datetime.now(UTC).isoformat(timespec="seconds"),
+              "command": " ".join(["python -m bench", *(argv or sys.argv[1:])]),
+              "machine": machine, "results": {}, "errors": {}}  # fmt: skip
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="credits-bench-") as tmp:
+        for broker in brokers:
+            try:
+                report["results"][broker] = run_broker(broker, sizes, Path(tmp), log=_log)
+            except Exception as exc:  # one broker failing still reports the other
+                report["errors"][broker] = f"{type(exc).__name__}: {exc}"
+                _log(f"[{broker}] failed: {type(exc).__name__}: {exc}")
+    report["seconds"] = round(time.monotonic() - started, 1)
+    # The instrument's own CPU (publishing, polling, reading events), beside the workers'.
+    report["bench_cpu_seconds"] = round(sum(os.times()[:2]), 1)
+    for r in report["results"].values():
+        r["targets"] = verdicts(r)
+    print()
+    print(render(report))
+    print(
+        f"\n{report['seconds']:.0f} s (the bench process itself used "
+        f"{report['bench_cpu_seconds']:.0f} s of CPU); JSON: {args.json}"
+    )
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=1, default=str) + "\n")
+    return 1 if report["errors"] else 0
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ops", type=int, default=300)
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        bench_db("SQLite", f"sqlite:///{Path(tmp) / 'bench.db'}", args.ops)
-    import psycopg
-
-    try:
-        admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        print(f"\nPostgreSQL: skipped ({exc})")
-        return
-    name = f"credits_bench_{uuid.uuid4().hex[:8]}"
-    with closing(admin):
-        admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            bench_db("PostgreSQL", PG_ADMIN.rsplit("/", 1)[0] + f"/{name}", args.ops)
-        finally:
-            with suppress(psycopg.Error):
-                admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
