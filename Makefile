@@ -38,6 +38,7 @@ integration: $(STAMP)
 # redis-server, PostgreSQL and, for --broker amqp/all, RabbitMQ. BENCH_ARGS=--quick.
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
+	$(BIN)/python -m bench.api
 
 # py-spy on a worker during a (b)-style run; writes bench/results/profile-*.
 profile: $(STAMP)

@@ -155,6 +155,9 @@ class Demo:
 
     def run(self, start_worker, then: Callable[[World], object] | None = None) -> bool:
         """Run the scenario; ``then(world)`` runs afterwards, while the worker still runs."""
+        # Both servers answer before anything is written: a demo that cannot finish does
+        # not leave half a world in a real database.
+        self.res.redis.ping()
         upgrade(self.settings.database_url)
         world = build_world(self.db)
         self.console.print(

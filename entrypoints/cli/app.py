@@ -18,11 +18,12 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import click
+from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from shared.config import Settings, load_settings
 from shared.db import Database
-from shared.errors import CreditsError, DatabaseUnavailable
+from shared.errors import CreditsError, DatabaseUnavailable, ServiceUnavailable
 from shared.services.auth import SUPPORT, Actor
 
 # Row ids are BIGINT: a larger number is a usage error, not a driver OverflowError.
@@ -158,6 +159,10 @@ def main(argv: list[str] | None = None) -> int:
     except CreditsError as exc:
         _error(exc.as_dict(), as_json)
         return exc.exit_code
+    except RedisError as exc:
+        failure = ServiceUnavailable(f"Redis is not answering ({type(exc).__name__}): {exc}")
+        _error(failure.as_dict(), as_json)
+        return failure.exit_code
     except OperationalError as exc:
         failure = DatabaseUnavailable(f"database error: {str(exc.orig).splitlines()[0]}")
         _error(failure.as_dict(), as_json)

@@ -7,7 +7,7 @@ import re
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -31,6 +31,7 @@ from shared.pricing import ACTIONS, catalog_from_settings, quote
 from shared.schemas import parse_job, price_fields
 from shared.services import job_reports, jobs
 from shared.services.dead_letters import dead_letters
+from shared.services.directory import get_member
 
 ADDRESS_PARTS = ("name", "line1", "city", "region", "postal_code", "country")
 # Job fields as the CLI's options name them, for error messages.
@@ -179,6 +180,10 @@ def send_cmd(ctx: Context, member_id: int, action: str, wait_s: float | None, **
     except InvalidRequest as exc:
         raise InvalidRequest(in_flags(str(exc))) from None
     db = ctx.db()
+    with db.unit_of_work() as session:  # an unknown member is NotFound now, not a dead letter
+        member = get_member(session, member_id, actor=ctx.actor)
+        if not member.active:
+            raise NotFound("member", member_id)
     existing = _existing(ctx, spec)
     if existing is not None and existing.final:
         return _outcome(existing.event_fields() | {"replayed": True}, wait_s)
@@ -216,6 +221,8 @@ def _outcome(event: dict[str, Any], wait_s: float | None) -> Output:
         )
     if wait_s is not None and status != JobStatus.COMPLETED:
         raise JobNotSent(f"job {event['job_id']!r} ended {status}: {reason}")
+    if isinstance(event.get("at"), float):  # the stream keeps epoch seconds; we print ISO
+        event = event | {"at": datetime.fromtimestamp(event["at"], UTC).isoformat()}
     return Output({"queued": True} | event)
 
 
@@ -252,8 +259,6 @@ def jobs_cmd(ctx: Context, parked: bool, since: datetime | None, **filters: Any)
       credits jobs --parked
       credits jobs --flow flow-7 --since 2026-11-01
     """
-    from datetime import UTC
-
     if parked:
         if filters["status"] not in (None, JobStatus.AWAITING_CREDITS.value):
             raise click.UsageError("--parked and --status name different statuses")

@@ -157,3 +157,42 @@ def test_who_acts_must_exist_and_only_support_migrates(credits, pg_url, argv, co
     run_code, out, err = credits(*db, *(a.format(ava=ava["id"]) for a in argv))
     assert (run_code, out) == (code, "")
     assert message in err
+
+
+def test_a_demo_whose_redis_does_not_answer_stops_before_writing_anything(
+    credits, empty_pg_url: str
+):
+    # when the demo is pointed at a real database and a Redis nobody listens on
+    code, out, err = credits(
+        "demo", "--jobs", 5, "--database-url", empty_pg_url, "--redis-url", "redis://127.0.0.1:1/0"
+    )
+    # then it says so in one line, exits 11, and the database was left alone
+    assert code == 11
+    assert err.startswith("error: Redis is not answering") and err.count("\n") == 1, err
+    assert "Traceback" not in out + err
+    from sqlalchemy import create_engine, inspect
+
+    engine = create_engine(empty_pg_url.replace("postgresql://", "postgresql+psycopg://"))
+    try:
+        assert inspect(engine).get_table_names() == []
+    finally:
+        engine.dispose()
+
+
+def test_sending_for_a_member_who_does_not_exist_exits_3_and_publishes_nothing(
+    credits, db, pg_url: str, redis_db: int, monkeypatch: pytest.MonkeyPatch
+):
+    from tests.factories import SIGNING_KEY
+    from tests.services import REDIS_URL, redis_client
+
+    monkeypatch.setenv("CREDITS_DATABASE_URL", pg_url)
+    monkeypatch.setenv("CREDITS_REDIS_URL", f"{REDIS_URL}/{redis_db}")
+    monkeypatch.setenv("CREDITS_KEY_PREFIX", "cli3:")
+    monkeypatch.setenv("CREDITS_JOB_SIGNING_KEY", SIGNING_KEY)
+    code, _out, err = credits(
+        "send", "--member", 99999, "email", "--email", "a@b.co", "--subject", "Hi",
+        "--body", "Hello", "--wait", 5, "--json",
+    )  # fmt: skip
+    assert code == 3
+    assert json.loads(err) == {"error": "NotFound", "message": "member 99999 does not exist"}
+    assert redis_client(redis_db).keys("cli3:credits.*") == []
