@@ -65,6 +65,30 @@ def test_send_wait_exits_14_when_the_job_parks_for_lack_of_credits(cli_env, db, 
     assert (code, job["status"], job["hold"]) == (0, "awaiting_credits", None)
 
 
+def test_an_allocation_that_covers_a_parked_job_resumes_it_at_once_without_beat(
+    cli_env, db, capsys
+):
+    # given a job parked for lack of credits, a worker, and no beat (no resume sweep)
+    tree = funded_member(db, account_credits=20, workspace_credits=10, member_credits=4)
+    cli_env.start_worker("w1")
+    code, _out, _err = run(
+        capsys, "send", "--member", str(tree.member_id), "handwritten_note", "--message", "Hi",
+        "--job-id", "park-2", "--to", TO, "--from", "Sam; 9 Elm St; Austin; TX; 73301; US",
+        "--wait", "30", "--json",
+    )  # fmt: skip
+    assert code == 14
+    # when the admin gives the member the missing credit
+    code, _out, err = run(capsys, "allocate", "--member", str(tree.member_id), "1", "--json")
+    assert code == 0, err
+
+    # then the job completes within seconds, long before a sweep would have run
+    def completed() -> bool:
+        _c, job, _e = run(capsys, "job", "park-2", "--json")
+        return job["status"] == "completed"
+
+    wait_until(completed, 10, "the parked job to resume")
+
+
 def test_send_rejects_an_invalid_job_before_publishing(cli_env, db, capsys):
     code, out, err = run(
         capsys, "send", "--member", "1", "postcard", "--message", "Hi",
