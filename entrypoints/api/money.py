@@ -59,7 +59,7 @@ def transfer_response(response: Response, transfer: Transfer, kind: str, target:
     """201 for a new movement; 200 for a replay or when nothing had to move."""
     if transfer.replayed:
         response.headers["Idempotent-Replayed"] = "true"
-    moved = transfer.transaction_id is not None and not transfer.replayed
+    moved = transfer.amount > 0 and not transfer.replayed
     response.status_code = 201 if moved else 200
     return transfer.as_dict() | {"target": {"kind": kind, "id": target}}
 

@@ -37,7 +37,7 @@ def test_concurrent_in_doubt_sweeps_claim_disjoint_batches(db):
     record(db, tree.member_id, 30, "submitted")
 
     def sweep(_i: int) -> list[str]:
-        batch = recovery.claim_in_doubt(db, older_than_s=60, redelivery_s=60, limit=10)
+        batch = recovery.claim_in_doubt(db, older_than_s=60, redelivery_s=60, lease_s=60, limit=10)
         return [c.job_id for c in batch]
 
     claimed = race(4, sweep)
