@@ -36,6 +36,8 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
+from entrypoints.processes import stop_group
+
 PG_ADMIN = os.environ.get("CREDITS_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("CREDITS_BENCH_REDIS_URL", "redis://127.0.0.1:6379/15")
 SIGNING_KEY = "bench:" + "b" * 40
@@ -106,12 +108,7 @@ def server(url: str, prefix: str, workers: int) -> Iterator[int]:
             _wait_ready(proc, port, log)
             yield port
         finally:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+            stop_group(proc)
 
 
 def _wait_ready(proc: subprocess.Popen, port: int, log: Any, timeout_s: float = 60) -> None:

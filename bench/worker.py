@@ -17,6 +17,7 @@ from typing import Any
 from celery import Celery
 
 from bench.services import wait_for
+from entrypoints.processes import stop_group
 from shared.config import Settings
 from shared.queues import FLOW_QUEUE, QUEUE_NAMES, celery_broker_settings
 
@@ -150,15 +151,7 @@ class Worker:
     def stop(self, timeout_s: float = 30) -> None:
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)  # pool children left behind
+        stop_group(self.proc, timeout_s)
         self._log.close()
         self.proc = None
 

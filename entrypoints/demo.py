@@ -29,6 +29,7 @@ from rich.table import Table
 from sqlalchemy import func, select
 
 from entrypoints.cli import render
+from entrypoints.processes import stop_group
 from shared.client import CreditsClient
 from shared.config import Settings, load_settings
 from shared.db import Database
@@ -322,11 +323,7 @@ def process_worker(settings: Settings) -> Iterator[None]:
         try:
             yield
         finally:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_group(proc)
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
