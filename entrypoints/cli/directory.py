@@ -122,7 +122,7 @@ def member_rename(ctx: Context, member_id: int, name: str) -> Output:
 
 @member.command("role")
 @click.argument("member_id", type=ID)
-@click.argument("role", type=click.Choice(directory.ROLES))
+@click.argument("role", type=click.Choice(directory.ROLES), metavar="ROLE")
 @command_options
 def member_role(ctx: Context, member_id: int, role: str) -> Output:
     """Change a member's role (support or an owner of the account).
@@ -174,7 +174,7 @@ def members_cmd(
 
 
 @cli.command("rename")
-@click.argument("kind", type=click.Choice(["account", "workspace"]))
+@click.argument("kind", type=click.Choice(["account", "workspace"]), metavar="KIND")
 @click.argument("row_id", type=ID)
 @click.argument("name")
 @command_options
