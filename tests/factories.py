@@ -8,10 +8,11 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
+from sqlalchemy.exc import IntegrityError
 
 from shared.db import Database
-from shared.models import Job, Wallet
+from shared.models import Account, Job, Wallet
 from shared.services import directory, ledger
 from shared.services.jobs import JobView, Notify
 
@@ -232,3 +233,17 @@ def recorded_job(
         session.add(JobTransition(job_pk=row.id, to_status=status, at=at))
         session.commit()
         return row.id
+
+
+def unique_violation(db: Database) -> IntegrityError:
+    """A real IntegrityError on ``uq_accounts_wallet_id``: two accounts on one wallet."""
+    with db.unit_of_work() as session:
+        wallet_id = session.execute(
+            insert(Wallet).values(kind="account", available=0, held=0).returning(Wallet.id)
+        ).scalar_one()
+        session.execute(insert(Account).values(name="A", wallet_id=wallet_id))
+        try:
+            session.execute(insert(Account).values(name="B", wallet_id=wallet_id))
+        except IntegrityError as error:
+            return error
+    raise AssertionError("two accounts on one wallet were accepted")

@@ -13,7 +13,7 @@ from shared.db import Database
 from shared.models import Account, Hold, Wallet, utcnow
 from shared.services import balances, idempotency
 from shared.services.idempotency import is_unique_violation
-from tests.factories import funded_member
+from tests.factories import funded_member, unique_violation
 
 
 def new_account(session, name: str = "Acme") -> int:
@@ -132,17 +132,6 @@ def duplicate_hold(db: Database) -> IntegrityError:
     return raised.value
 
 
-def duplicate_account_wallet(db: Database) -> IntegrityError:
-    with db.unit_of_work() as session:
-        wallet_id = session.execute(
-            insert(Wallet).values(kind="account", available=0, held=0).returning(Wallet.id)
-        ).scalar_one()
-        session.execute(insert(Account).values(name="A", wallet_id=wallet_id))
-        with pytest.raises(IntegrityError) as raised:
-            session.execute(insert(Account).values(name="B", wallet_id=wallet_id))
-    return raised.value
-
-
 def test_a_multi_column_constraint_is_recognised_on_sqlite_from_the_model_metadata(db):
     error = duplicate_hold(db)
     assert "holds.wallet_id, holds.job_id" in str(error.orig)  # what SQLite says
@@ -152,7 +141,7 @@ def test_a_multi_column_constraint_is_recognised_on_sqlite_from_the_model_metada
 
 
 def test_a_single_column_constraint_is_recognised_on_sqlite_and_not_mistaken(db):
-    error = duplicate_account_wallet(db)
+    error = unique_violation(db)
     assert is_unique_violation(error, "uq_accounts_wallet_id")
     assert not is_unique_violation(error, "uq_workspaces_wallet_id")
     assert not is_unique_violation(error, "uq_holds_wallet_id_job_id")

@@ -6,14 +6,14 @@ PostgreSQL."""
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from shared.errors import InsufficientCredits
-from shared.models import Account, Wallet
+from shared.models import Wallet
 from shared.services import balances, holds
 from shared.services.idempotency import run_idempotent
-from tests.factories import funded_member
+from tests.factories import funded_member, unique_violation
 
 
 class Calls:
@@ -28,18 +28,6 @@ class Calls:
         if self.errors:
             raise self.errors.pop(0)
         return "done"
-
-
-def unique_violation(db) -> IntegrityError:
-    """A real SQLite IntegrityError on uq_accounts_wallet_id."""
-    with db.unit_of_work() as session:
-        wallet_id = session.execute(
-            insert(Wallet).values(kind="account", available=0, held=0).returning(Wallet.id)
-        ).scalar_one()
-        session.execute(insert(Account).values(name="A", wallet_id=wallet_id))
-        with pytest.raises(IntegrityError) as raised:
-            session.execute(insert(Account).values(name="B", wallet_id=wallet_id))
-    return raised.value
 
 
 def test_the_loser_of_a_unique_race_runs_its_work_once_more(db):
