@@ -234,6 +234,7 @@ class TcpGate:
         self.cuts = 0
         self._lock = threading.Lock()
         self._armed_down_s: float | None = None
+        self._drop_all = True
         self._black_hole = False
         self._tripped = threading.Event()
         self._listener: socket.socket | None = None
@@ -263,26 +264,32 @@ class TcpGate:
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
 
     def cut(self) -> None:
+        self._refuse()
         with self._lock:
-            listener, self._listener = self._listener, None
             connections, self.connections = self.connections, []
             self.cuts += 1
+        for conn in connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
+
+    def cut_on_next_connect(self, down_s: float, *, drop_all: bool = True) -> threading.Event:
+        """Arm the gate; the returned event is set once it has tripped (and is down). With
+        ``drop_all=False`` the connections already open live on; only new ones are refused."""
+        self._tripped.clear()
+        self._drop_all = drop_all
+        self._armed_down_s = down_s
+        return self._tripped
+
+    def _refuse(self) -> None:
+        with self._lock:
+            listener, self._listener = self._listener, None
         if listener is not None:
             # shutdown() first: a close() alone leaves a listener that another thread is
             # blocked in accept() on still listening.
             with contextlib.suppress(OSError):
                 listener.shutdown(socket.SHUT_RDWR)
             listener.close()
-        for conn in connections:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-            conn.close()
-
-    def cut_on_next_connect(self, down_s: float) -> threading.Event:
-        """Arm the gate; the returned event is set once it has tripped (and is down)."""
-        self._tripped.clear()
-        self._armed_down_s = down_s
-        return self._tripped
 
     def black_hole(self, on: bool = True) -> None:
         self._black_hole = on
@@ -299,7 +306,10 @@ class TcpGate:
             down_s, self._armed_down_s = self._armed_down_s, None
             if down_s is not None:
                 client.close()
-                self.cut()
+                if self._drop_all:
+                    self.cut()
+                else:
+                    self._refuse()
                 self._tripped.set()
                 threading.Timer(down_s, self.restore).start()
                 return
@@ -312,6 +322,7 @@ class TcpGate:
             except OSError:
                 client.close()
                 continue
+            server.settimeout(None)  # the timeout was for the connect; idle is fine
             with self._lock:
                 self.connections.append(server)
             for a, b in ((client, server), (server, client)):
