@@ -66,10 +66,10 @@ def die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
-def worker_command(name: str, concurrency: int = 2) -> list[str]:
+def worker_command(name: str, concurrency: int = 2, queues: str = QUEUES) -> list[str]:
     return [
         sys.executable, "-m", "celery", "-A", "worker", "worker",
-        "--loglevel=INFO", "-n", f"{name}@%h", "-Q", QUEUES,
+        "--loglevel=INFO", "-n", f"{name}@%h", "-Q", queues,
         "-c", str(concurrency), "--without-mingle", "--without-gossip",
     ]  # fmt: skip
 
@@ -131,6 +131,13 @@ class CeleryProcess:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
         self._log.close()
+
+    def pause(self) -> None:
+        """SIGSTOP the whole process group, as a frozen VM or a long GC pause would."""
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGCONT)
 
     def kill(self) -> None:
         """SIGKILL the whole process group: parent and pool children die at once."""
@@ -305,8 +312,9 @@ class Stack:
 
     # ------------------------------------------------------------ processes
 
-    def start_worker(self, name: str = "w1", *, concurrency: int = 2, **env: str):
-        command = worker_command(name, concurrency)
+    def start_worker(self, name: str = "w1", *, concurrency: int = 2, queues: str = QUEUES,
+                     **env: str):  # fmt: skip
+        command = worker_command(name, concurrency, queues)
         worker = CeleryProcess(self.env(**env), self.tmp_path / f"{name}.log", name, command)
         self.workers.append(worker.start())
         return worker.wait_ready()

@@ -1,4 +1,5 @@
-"""Crashes, kills, restarts and outages lose nothing: real workers, beat, Redis, PostgreSQL.
+"""Crashes, kills, restarts and outages lose nothing: real workers, beat, Redis, PostgreSQL,
+and, where the broker decides what survives, each broker (Redis and RabbitMQ).
 
 Every test ends with the same proof (``assert_books``): every job is final; each
 member's captured credits equal the costs of their delivered jobs; the vendor sent every
@@ -32,7 +33,7 @@ from tests.factories import (
     mixed_jobs,
 )
 from tests.helpers import wait_until
-from tests.integration.harness import FAST_RECOVERY
+from tests.integration.harness import FAST_RECOVERY, on_both_brokers
 from tests.services import pg_admin, private_redis
 
 FINAL = ("completed", "refunded", "rejected", "expired")
@@ -97,6 +98,7 @@ def assert_books(stack, db: Database, jobs_sent: list[dict]) -> None:
     assert report.ok, report.problems
 
 
+@on_both_brokers
 @pytest.mark.parametrize(
     "point", ["after_hold", "after_vendor_accepted", "before_capture", "after_capture_before_event"]
 )
@@ -119,6 +121,7 @@ def test_a_worker_crashing_at_each_step_loses_nothing(stack, db, point):
 # Each kill strands the worker's unacked messages for the visibility timeout; on a loaded
 # 2-core machine the whole run has taken up to ~250 s, over the suite's default limit.
 @pytest.mark.timeout(600)
+@on_both_brokers
 def test_sigkill_of_the_whole_worker_ten_times_during_a_thousand_jobs(stack, db):
     stack.settings_env.update(as_env(MIX_RATES) | FAST_RECOVERY)
     members = funded_members(db, 10, credits=5000)
@@ -163,6 +166,31 @@ def test_a_redis_restart_during_a_run_loses_nothing(stack, db, tmp_path):
         proc.wait(10)
 
 
+@on_both_brokers
+def test_the_broker_unreachable_for_seconds_during_a_run_loses_nothing(stack, db, broker):
+    # given a run under way, its broker behind a gate (Redis: the broker only; locks,
+    # events and the stub stay up)
+    gate = stack.gate_broker()
+    stack.settings_env.update(as_env(MIX_RATES) | FAST_RECOVERY)
+    members = funded_members(db, 5, credits=5000)
+    jobs = send_jobs(stack, members, 300, prefix=f"gate-{broker}")
+    stack.start_worker("w1")
+    stack.start_beat()
+    stack.supervise()  # beat exits when it cannot renew its lock; compose restarts it
+    wait_until(lambda: sum(job_counts(db).values()) > 50, 60, "the run to get going")
+    # when every broker connection drops and the broker refuses new ones for 5 s, twice
+    for _ in range(2):
+        gate.cut()
+        time.sleep(5)
+        gate.restore()
+        time.sleep(3)
+    # then every job ends final, once, and the books balance
+    wait_until(lambda: all_final(db, 300), 300, "300 jobs final after broker outages", 1.0)
+    assert_books(stack, db, jobs)
+    assert gate.cuts == 2
+    assert stack.workers[0].log_path.read_bytes().count(b"Connected to") >= 2
+
+
 def test_dropped_postgresql_connections_lose_nothing(stack, db):
     stack.settings_env.update(as_env(MIX_RATES) | FAST_RECOVERY)
     members = funded_members(db, 5, credits=5000)
@@ -186,6 +214,7 @@ def test_dropped_postgresql_connections_lose_nothing(stack, db):
     assert_books(stack, db, jobs)
 
 
+@on_both_brokers
 def test_a_vendor_outage_keeps_holds_and_the_resolver_sends_the_jobs_once_it_is_back(stack, db):
     # given a vendor that is down, and workers that give up retrying after two attempts
     stack.settings_env.update(as_env(MIX_RATES) | FAST_RECOVERY | {"CREDITS_RETRY_MAX": "2"})
