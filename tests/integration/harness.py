@@ -191,7 +191,7 @@ class Stack:
 
     @property
     def broker_is_amqp(self) -> bool:
-        return self.broker.startswith(("amqp://", "pyamqp://", "amqps://"))
+        return self.settings().broker_is_amqp
 
     def settings(self, **overrides: Any):
         from shared.config import load_settings
