@@ -31,12 +31,28 @@ from shared.adapters.redis_client import make_redis
 from shared.config import Settings, get_settings
 from shared.errors import BrokerUnavailable, ConfigurationError, InvalidRequest
 from shared.pricing import catalog_from_settings, quote
-from shared.queues import FLOW_QUEUE, INSTANT_QUEUE, MAINTENANCE_QUEUE, celery_broker_settings
+from shared.queues import (
+    AMQP_SOCKET_TIMEOUT_S,
+    FLOW_QUEUE,
+    INSTANT_QUEUE,
+    MAINTENANCE_QUEUE,
+    PUBLISH_CONNECT_TIMEOUT_S,
+    celery_broker_settings,
+)
 from shared.schemas import Job, job_dict, parse_job, price_fields
 from shared.signing import sign
 
 SEND_ACTION_TASK = "credits.send_action"
 PUBLISH_BACKOFF_S = (0.1, 0.25, 0.5, 1.0)
+# publish_job's loop is the only retry, so that publish_timeout_s bounds send_action: kombu
+# would otherwise retry each connect for broker_connection_timeout on its own (max_retries
+# unset), and a Redis broker that accepts the connection but never answers (a stopped
+# process, a hung proxy) would hold a publish for ever (kombu sets no socket timeout).
+PRODUCER_TRANSPORT_OPTIONS = {
+    "max_retries": 0,
+    "socket_timeout": AMQP_SOCKET_TIMEOUT_S,
+    "socket_connect_timeout": PUBLISH_CONNECT_TIMEOUT_S,
+}
 # What a broker that is down, restarting or refusing raises out of send_task.
 BROKER_ERRORS = (OperationalError, KombuError, OSError, AMQPError)
 NO_SIGNING_KEY = (
@@ -64,11 +80,12 @@ class CreditsClient:
             redis_url = broker_url
         self.redis_url = redis_url or self.settings.redis_url
         self._app = Celery("credits-producer", set_as_current=False)
-        self._app.conf.update(
-            **celery_broker_settings(self.settings, broker_url=self.broker_url),
-            task_serializer="json",
-            accept_content=["json"],
-        )
+        broker = celery_broker_settings(self.settings, broker_url=self.broker_url)
+        broker["broker_transport_options"] = {
+            **broker["broker_transport_options"],
+            **PRODUCER_TRANSPORT_OPTIONS,
+        }
+        self._app.conf.update(**broker, task_serializer="json", accept_content=["json"])
         self._events: EventStream | None = None
 
     def send_action(self, job: Job | dict[str, Any]) -> str:

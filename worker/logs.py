@@ -46,8 +46,24 @@ class KeyValueFormatter(logging.Formatter):
 TEXT_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(name)s: %(message)s"
 
 
+class NoRejectTraceback(logging.Filter):
+    """Celery logs every ``Reject`` with a traceback. Ours are expected paths -- a retry
+    that could not be published is requeued (``worker.tasks.base``), already said in one
+    warning line -- so the line stays and the traceback goes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from celery.exceptions import Reject
+
+        if record.exc_info and isinstance(record.exc_info[1], Reject):
+            record.exc_info = record.exc_text = None
+        return True
+
+
 def configure(logger: logging.Logger | None, log_format: str, level: int | str | None) -> None:
     """Put our formatter on the handlers Celery set up (and the root's), at its level."""
+    trace = logging.getLogger("celery.app.trace")
+    if not any(isinstance(f, NoRejectTraceback) for f in trace.filters):
+        trace.addFilter(NoRejectTraceback())
     formatter = JsonFormatter() if log_format == "json" else KeyValueFormatter(TEXT_FORMAT)
     for target in {logger, logging.getLogger()} - {None}:
         for handler in target.handlers:

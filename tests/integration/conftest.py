@@ -10,7 +10,7 @@ import pytest
 
 from shared.db import Database
 from tests.integration.harness import Stack
-from tests.services import REDIS_URL, redis_client
+from tests.services import REDIS_URL, RabbitVhosts, redis_client
 
 REDIS_TEST_DBS = range(1, 16)
 CLAIM_KEY = "credits-test:claimed"
@@ -41,9 +41,34 @@ def redis_db() -> Iterator[int]:
     pytest.fail("no empty Redis DB (1-15) left for this test")
 
 
+@pytest.fixture(scope="session")
+def rabbit_vhosts() -> Iterator[RabbitVhosts]:
+    vhosts = RabbitVhosts()
+    try:
+        yield vhosts
+    finally:
+        vhosts.close()
+
+
 @pytest.fixture
-def stack(pg_url: str, redis_db: int, tmp_path: Path) -> Iterator[Stack]:
-    world = Stack(pg_url, f"{REDIS_URL}/{redis_db}", f"t{uuid.uuid4().hex[:8]}:", tmp_path)
+def broker(request: pytest.FixtureRequest) -> str:
+    """This test's broker: "redis" unless the test runs ``on_both_brokers``."""
+    return getattr(request, "param", "redis")
+
+
+@pytest.fixture
+def broker_url(broker: str, request: pytest.FixtureRequest) -> str | None:
+    """None for the test's Redis DB; for "amqp", a fresh RabbitMQ vhost of its own (under
+    CI=true a missing RabbitMQ fails the test)."""
+    if broker == "redis":
+        return None
+    return request.getfixturevalue("rabbit_vhosts").take()
+
+
+@pytest.fixture
+def stack(pg_url: str, redis_db: int, broker_url: str | None, tmp_path: Path) -> Iterator[Stack]:
+    prefix = f"t{uuid.uuid4().hex[:8]}:"
+    world = Stack(pg_url, f"{REDIS_URL}/{redis_db}", prefix, tmp_path, broker_url=broker_url)
     try:
         yield world
     finally:

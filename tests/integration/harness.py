@@ -1,8 +1,9 @@
 """Real processes for integration tests: `celery -A worker worker` subprocesses and their env.
 
-Each test gets its own PostgreSQL database, its own Redis DB number and key prefix, and
-workers started with exactly that environment. Workers are stopped (TERM, then KILL) and
-the Redis DB flushed when the test ends.
+Each test gets its own PostgreSQL database, its own Redis DB number and key prefix, a
+broker -- that Redis DB, or a RabbitMQ vhost of its own for tests run ``on_both_brokers``
+-- and workers started with exactly that environment. Workers are stopped (TERM, then
+KILL) and the Redis DB flushed when the test ends.
 """
 
 from __future__ import annotations
@@ -18,11 +19,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
 
 from tests.factories import SIGNING_KEY
-from tests.helpers import wait_until
+from tests.helpers import queue_length, wait_until
+from tests.services import TcpGate, vhost_of
 
 ROOT = Path(__file__).resolve().parents[2]
+BROKERS = ("redis", "amqp")
+# The same test with each broker (the ``broker`` fixture of conftest.py), for tests whose
+# outcome depends on how the broker delivers, redelivers and confirms.
+on_both_brokers = pytest.mark.parametrize("broker", BROKERS, indirect=True)
 QUEUES = "credits.maintenance,credits.instant,credits.flow"
 FAST_RETRIES = {
     "CREDITS_RETRY_BACKOFF_BASE_S": "0.05",
@@ -57,10 +66,10 @@ def die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
-def worker_command(name: str, concurrency: int = 2) -> list[str]:
+def worker_command(name: str, concurrency: int = 2, queues: str = QUEUES) -> list[str]:
     return [
         sys.executable, "-m", "celery", "-A", "worker", "worker",
-        "--loglevel=INFO", "-n", f"{name}@%h", "-Q", QUEUES,
+        "--loglevel=INFO", "-n", f"{name}@%h", "-Q", queues,
         "-c", str(concurrency), "--without-mingle", "--without-gossip",
     ]  # fmt: skip
 
@@ -123,6 +132,13 @@ class CeleryProcess:
                 os.killpg(self.proc.pid, signal.SIGKILL)
         self._log.close()
 
+    def pause(self) -> None:
+        """SIGSTOP the whole process group, as a frozen VM or a long GC pause would."""
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGCONT)
+
     def kill(self) -> None:
         """SIGKILL the whole process group: parent and pool children die at once."""
         if self.proc is not None and self.proc.poll() is None:
@@ -136,16 +152,18 @@ class CeleryProcess:
 
 @dataclass
 class Stack:
-    """The environment of one test's world: database, Redis DB, prefix, and its workers.
+    """The environment of one test's world: database, Redis DB, prefix, broker, workers.
 
     Workers and the test's own producers share one signing key (``tests.factories``), as
-    a deployment's producers and workers do.
+    a deployment's producers and workers do. The broker is the Redis DB unless
+    ``broker_url`` names another (a RabbitMQ vhost, or a Redis behind a ``TcpGate``).
     """
 
     database_url: str
     redis_url: str
     key_prefix: str
     tmp_path: Path
+    broker_url: str | None = None
     settings_env: dict[str, str] = field(default_factory=dict)
     workers: list[CeleryProcess] = field(default_factory=list)
     closers: list[Callable[[], Any]] = field(default_factory=list)
@@ -156,7 +174,7 @@ class Stack:
             {
                 "CREDITS_DATABASE_URL": self.database_url,
                 "CREDITS_REDIS_URL": self.redis_url,
-                "CREDITS_BROKER_URL": self.redis_url,
+                "CREDITS_BROKER_URL": self.broker,
                 "CREDITS_KEY_PREFIX": self.key_prefix,
                 "CREDITS_JOB_SIGNING_KEY": SIGNING_KEY,
                 "PYTHONUNBUFFERED": "1",
@@ -166,6 +184,14 @@ class Stack:
             }
         )
         return env
+
+    @property
+    def broker(self) -> str:
+        return self.broker_url or self.redis_url
+
+    @property
+    def broker_is_amqp(self) -> bool:
+        return self.settings().broker_is_amqp
 
     def settings(self, **overrides: Any):
         from shared.config import load_settings
@@ -242,18 +268,53 @@ class Stack:
         """The Redis list a queue lives in (broker keys carry the deployment's prefix)."""
         return f"{self.key_prefix}{queue}"
 
+    def broker_redis(self):
+        """The Redis that is the broker (Redis brokers only)."""
+        from shared.adapters.redis_client import make_redis
+
+        return make_redis(self.broker)
+
+    def gate_broker(self) -> TcpGate:
+        """Put the broker behind a gate the test can cut (only the broker: with a Redis
+        broker, locks, events and the stub keep their own connections)."""
+        gate = TcpGate(urlsplit(self.broker).port or 5672)
+        self.closers.append(gate.close)
+        self.broker_url = gate.url(self.broker)
+        return gate
+
+    def queued(self, queue: str) -> int:
+        """Messages waiting in a queue, not yet delivered to any worker."""
+        if not self.broker_is_amqp:
+            return self.broker_redis().llen(self.queue_key(queue))
+        from amqp.exceptions import NotFound
+
+        try:
+            return queue_length(self.broker, queue)
+        except NotFound:  # nobody declared it yet: nothing was published to it
+            return 0
+
     def broker_idle(self) -> bool:
         """No message queued and none delivered but unacked."""
         from shared.queues import QUEUE_NAMES
 
-        redis = self.redis()
+        if self.broker_is_amqp:
+            # A passive declare counts only ready messages; rabbitmqctl's `messages` adds
+            # those delivered and not yet acked (a running task, a countdown held).
+            from bench.services import rabbitmqctl
+
+            listed = rabbitmqctl("list_queues", "-p", vhost_of(self.broker), "--no-table-headers",
+                                 "name", "messages")  # fmt: skip
+            counts = dict(line.split() for line in listed.splitlines() if line.strip())
+            return all(counts.get(q, "0") == "0" for q in QUEUE_NAMES)
+        redis = self.broker_redis()
         queued = sum(redis.llen(self.queue_key(q)) for q in QUEUE_NAMES)
         return queued == 0 and redis.hlen(self.queue_key("unacked")) == 0
 
     # ------------------------------------------------------------ processes
 
-    def start_worker(self, name: str = "w1", *, concurrency: int = 2, **env: str):
-        command = worker_command(name, concurrency)
+    def start_worker(self, name: str = "w1", *, concurrency: int = 2, queues: str = QUEUES,
+                     **env: str):  # fmt: skip
+        command = worker_command(name, concurrency, queues)
         worker = CeleryProcess(self.env(**env), self.tmp_path / f"{name}.log", name, command)
         self.workers.append(worker.start())
         return worker.wait_ready()

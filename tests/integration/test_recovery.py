@@ -1,4 +1,5 @@
-"""Crashes, kills, restarts and outages lose nothing: real workers, beat, Redis, PostgreSQL.
+"""Crashes, kills, restarts and outages lose nothing: real workers, beat, Redis, PostgreSQL,
+and, where the broker decides what survives, each broker (Redis and RabbitMQ).
 
 Every test ends with the same proof (``assert_books``): every job is final; each
 member's captured credits equal the costs of their delivered jobs; the vendor sent every
@@ -32,7 +33,7 @@ from tests.factories import (
     mixed_jobs,
 )
 from tests.helpers import wait_until
-from tests.integration.harness import FAST_RECOVERY
+from tests.integration.harness import FAST_RECOVERY, on_both_brokers
 from tests.services import pg_admin, private_redis
 
 FINAL = ("completed", "refunded", "rejected", "expired")
@@ -97,8 +98,22 @@ def assert_books(stack, db: Database, jobs_sent: list[dict]) -> None:
     assert report.ok, report.problems
 
 
+# On RabbitMQ too where the broker decides what comes back: a crash before and after the
+# vendor call. The other two points crash in the sweeps and the event step, which do not
+# depend on the broker (and cost ~100 s each).
 @pytest.mark.parametrize(
-    "point", ["after_hold", "after_vendor_accepted", "before_capture", "after_capture_before_event"]
+    ("point", "broker"),
+    [
+        (point, "redis")
+        for point in (
+            "after_hold",
+            "after_vendor_accepted",
+            "before_capture",
+            "after_capture_before_event",
+        )
+    ]
+    + [("after_hold", "amqp"), ("after_vendor_accepted", "amqp")],
+    indirect=["broker"],
 )
 def test_a_worker_crashing_at_each_step_loses_nothing(stack, db, point):
     stack.settings_env.update(as_env(MIX_RATES) | FAST_RECOVERY)
@@ -119,6 +134,7 @@ def test_a_worker_crashing_at_each_step_loses_nothing(stack, db, point):
 # Each kill strands the worker's unacked messages for the visibility timeout; on a loaded
 # 2-core machine the whole run has taken up to ~250 s, over the suite's default limit.
 @pytest.mark.timeout(600)
+@on_both_brokers
 def test_sigkill_of_the_whole_worker_ten_times_during_a_thousand_jobs(stack, db):
     stack.settings_env.update(as_env(MIX_RATES) | FAST_RECOVERY)
     members = funded_members(db, 10, credits=5000)
@@ -161,6 +177,49 @@ def test_a_redis_restart_during_a_run_loses_nothing(stack, db, tmp_path):
         stack.stop()
         proc.kill()
         proc.wait(10)
+
+
+@on_both_brokers
+def test_the_broker_unreachable_for_seconds_during_a_run_loses_nothing(stack, db, broker):
+    # given a run under way, its broker behind a gate (Redis: the broker only; locks,
+    # events and the stub stay up)
+    gate = stack.gate_broker()
+    stack.settings_env.update(as_env(MIX_RATES) | FAST_RECOVERY)
+    members = funded_members(db, 5, credits=5000)
+    jobs = send_jobs(stack, members, 300, prefix=f"gate-{broker}")
+    stack.start_worker("w1")
+    stack.start_beat()
+    stack.supervise()  # beat exits when it cannot renew its lock; compose restarts it
+    wait_until(lambda: sum(job_counts(db).values()) > 50, 60, "the run to get going")
+    # when every broker connection drops and the broker refuses new ones for 5 s, twice
+    for _ in range(2):
+        gate.cut()
+        time.sleep(5)
+        gate.restore()
+        time.sleep(3)
+
+    # then the broker hands out everything it still has, and every job recorded ends
+    # final, once, and the books balance
+    def settled() -> bool:
+        return stack.broker_idle() and all_final(db, sum(job_counts(db).values()))
+
+    wait_until(settled, 240, "every recorded job final after broker outages", 1.0)
+    recorded = {(job.member_id, job.job_id) for job in all_jobs(db)}
+    kept = [j for j in jobs if (j["member_id"], j["job_id"]) in recorded]
+    if stack.broker_is_amqp:
+        assert kept == jobs  # RabbitMQ requeues whatever was delivered and not acked
+    else:
+        # Redis: a cut between a worker's BRPOP and its unacked record loses the popped
+        # message (kombu#305; the README's known window): at most one per cut
+        assert len(jobs) - len(kept) <= gate.cuts, len(jobs) - len(kept)
+    assert_books(stack, db, kept)
+    assert gate.cuts == 2
+    assert stack.workers[0].log_path.read_bytes().count(b"Connected to") >= 2
+
+
+def all_jobs(db: Database) -> list[Job]:
+    with db.unit_of_work() as session:
+        return list(session.scalars(select(Job)))
 
 
 def test_dropped_postgresql_connections_lose_nothing(stack, db):

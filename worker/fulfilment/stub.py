@@ -210,6 +210,10 @@ class StubProvider:
         """How many physical sends happened for this key (never more than one)."""
         return int(self.redis.hget(self._record_key(idempotency_key), "sends") or 0)
 
+    def attempts(self, idempotency_key: str) -> int:
+        """How many times this key was submitted (replays of a settled key included)."""
+        return int(self.redis.hget(self._record_key(idempotency_key), "attempts") or 0)
+
     @property
     def outage(self) -> bool:
         return bool(self.redis.exists(self._outage_key))
