@@ -66,9 +66,10 @@ def die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
-def worker_command(name: str, concurrency: int = 2, queues: str = QUEUES) -> list[str]:
+def worker_command(name: str, concurrency: int = 2, queues: str = QUEUES,
+                   pool: str = "prefork") -> list[str]:  # fmt: skip
     return [
-        sys.executable, "-m", "celery", "-A", "worker", "worker",
+        sys.executable, "-m", "celery", "-A", "worker", "worker", "-P", pool,
         "--loglevel=INFO", "-n", f"{name}@%h", "-Q", queues,
         "-c", str(concurrency), "--without-mingle", "--without-gossip",
     ]  # fmt: skip
@@ -313,8 +314,8 @@ class Stack:
     # ------------------------------------------------------------ processes
 
     def start_worker(self, name: str = "w1", *, concurrency: int = 2, queues: str = QUEUES,
-                     **env: str):  # fmt: skip
-        command = worker_command(name, concurrency, queues)
+                     pool: str = "prefork", **env: str):  # fmt: skip
+        command = worker_command(name, concurrency, queues, pool)
         worker = CeleryProcess(self.env(**env), self.tmp_path / f"{name}.log", name, command)
         self.workers.append(worker.start())
         return worker.wait_ready()

@@ -41,12 +41,11 @@ def dead_letter_reasons(db) -> list[str]:
     return [letter["reason"] for letter in dead_letters(db)]
 
 
-@on_both_brokers
-def test_a_thousand_mixed_jobs_all_end_in_a_known_state_and_the_books_balance(stack, db):
-    # given 10 members with plenty of credits and a stub at 70/15/10/5
+def mixed_jobs_end_in_a_known_state(stack, db, n: int, *, members: int, **worker) -> None:
+    """n mixed jobs over a few members, a stub at 70/15/10/5, one worker as given: every job
+    ends final, or submitted only where the vendor timed out, and the books balance."""
     stack.settings_env.update(as_env(MIX_RATES))
-    members = funded_members(db, 10, credits=4000)
-    jobs_sent = mixed_jobs(members, 1000, seed=7, prefix="mix")
+    jobs_sent = mixed_jobs(funded_members(db, members, credits=4000), n, seed=7, prefix="mix")
     client = stack.client()
     stub = stack.stub()
     expected_in_doubt = {
@@ -54,7 +53,7 @@ def test_a_thousand_mixed_jobs_all_end_in_a_known_state_and_the_books_balance(st
         for j in jobs_sent
         if stub.planned_outcome(vendor_key(j["member_id"], j["job_id"])) == "timeout"
     }
-    stack.start_worker("w1", concurrency=2)
+    stack.start_worker("w1", **worker)
 
     # when all of them are sent
     for job in jobs_sent:
@@ -64,9 +63,9 @@ def test_a_thousand_mixed_jobs_all_end_in_a_known_state_and_the_books_balance(st
     def settled() -> bool:
         counts = job_counts(db)
         done = sum(counts[s] for s in FINAL)
-        return done + counts["submitted"] == 1000 and counts["submitted"] == len(expected_in_doubt)
+        return done + counts["submitted"] == n and counts["submitted"] == len(expected_in_doubt)
 
-    wait_until(settled, 300, "1000 jobs to settle", every_s=0.5)
+    wait_until(settled, 300, f"{n} jobs to settle", every_s=0.5)
     with db.unit_of_work() as session:
         rows = {(j.member_id, j.job_id): j for j in session.scalars(select(Job))}
         holds = {
@@ -100,6 +99,18 @@ def test_a_thousand_mixed_jobs_all_end_in_a_known_state_and_the_books_balance(st
 
 
 @on_both_brokers
+def test_a_thousand_mixed_jobs_all_end_in_a_known_state_and_the_books_balance(stack, db):
+    mixed_jobs_end_in_a_known_state(stack, db, 1000, members=10, concurrency=2)
+
+
+def test_the_thread_pool_recommended_for_slow_vendors_keeps_the_books(stack, db):
+    # `-P threads -c 32` (the README's command for real vendors): 32 tasks at once in one
+    # process share its engine, Redis pool and locks; 4 members make them contend.
+    stack.settings_env["CREDITS_STUB_LATENCY_MS"] = "40"
+    mixed_jobs_end_in_a_known_state(stack, db, 400, members=4, pool="threads", concurrency=32)
+
+
+@on_both_brokers
 def test_the_same_job_sent_twice_and_redelivered_is_charged_once(stack, db):
     stack.settings_env.update(as_env(ALL_DELIVERED))
     tree = funded_member(db, account_credits=100, member_credits=50)
@@ -127,13 +138,19 @@ def test_the_same_job_sent_twice_and_redelivered_is_charged_once(stack, db):
     assert [stub.sends(vendor_key(tree.member_id, j)) for j in ("dup-1", "dup-2")] == [1, 1]
 
 
-@on_both_brokers
-def test_fifty_notes_against_twelve_credits_with_two_workers_complete_exactly_two(stack, db):
+@pytest.mark.parametrize(
+    ("broker", "pool", "concurrency"),
+    [("redis", "prefork", 1), ("amqp", "prefork", 1), ("redis", "threads", 32)],
+    ids=["redis", "amqp", "redis-threads"], indirect=["broker"],
+)  # fmt: skip
+def test_fifty_notes_against_twelve_credits_with_two_workers_complete_exactly_two(
+    stack, db, pool, concurrency
+):
     stack.settings_env.update(as_env(ALL_DELIVERED))
     tree = funded_member(db, account_credits=12, member_credits=12)
     client = stack.client()
-    stack.start_worker("w1", concurrency=1)
-    stack.start_worker("w2", concurrency=1)
+    stack.start_worker("w1", concurrency=concurrency, pool=pool)
+    stack.start_worker("w2", concurrency=concurrency, pool=pool)
     for i in range(50):
         client.send_action(note(f"note-{i}", tree.member_id))
 
