@@ -207,10 +207,14 @@ def run(scenario: Scenario, broker: str, workdir: Path, *, quick: bool, log=prin
         members = world.stack.fund(MEMBERS)
         jobs = mixed_jobs(members, size.jobs, prefix=f"{scenario.name}-{broker}")
         pub = Publisher(world.stack.client, jobs, size.rate)
+        publishing = time.monotonic()
         pub.start()
         notes = scenario.fault(world, pub, size)
         pub.join()
+        notes["publish_s"] = round(time.monotonic() - publishing, 1)
         settle_s = settle(world, set(pub.accepted))
+        # From the first job sent to the last one settled (the burst's drain time).
+        notes["drain_s"] = round(time.monotonic() - publishing, 1)
         result = Run(scenario, broker, size, members, pub.accepted, pub.refused, notes,
                      settle_s, time.monotonic() - started)  # fmt: skip
         return result, check(world, result)
