@@ -157,7 +157,7 @@ def _check(world: Any, run: Any, db: Database) -> dict[str, Any]:
 
 
 COLUMNS = ("broker", "scenario", "published", "final", "parked", "missing", "credits",
-           "wrongful refunds", "worker exits (not caused)", "s", "ok")  # fmt: skip
+           "wrongful refunds", "worker exits (not caused)", "beat exits", "s", "ok")  # fmt: skip
 
 
 def row(r: dict[str, Any]) -> list[str]:
@@ -166,7 +166,8 @@ def row(r: dict[str, Any]) -> list[str]:
     missing = str(r["missing"]) + (" (known window)" if r["known_window"] else "")
     exits = f"{r['worker_exits_not_caused']} ({r['worker_exits_caused']} killed by the test)"
     return [r["broker"], r["scenario"], str(r["published"]), str(r["final"]), str(r["parked"]),
-            missing, credits, str(len(r["wrongful_refunds"])), exits, f"{r['seconds']:.0f}",
+            missing, credits, str(len(r["wrongful_refunds"])), exits,
+            str(r.get("beat_exits", 0)), f"{r['seconds']:.0f}",
             "yes" if r["ok"] else "NO"]  # fmt: skip
 
 

@@ -115,8 +115,8 @@ class World:
                     code = proc.proc.returncode
                     tail = "" if caused else proc.log_tail(30)
                     item.exits.append(Exit(proc.name, code, caused, time.time(), tail))
-                    if not caused:
-                        self.log(f"    ! {proc.name} exited on its own (code {code})")
+                    if not caused:  # beat does, on purpose, when Redis is away
+                        self.log(f"    {proc.name} exited on its own (code {code}); restarted")
                     proc.stop()  # closes its log, kills any pool child left behind
                     proc.start()
             time.sleep(SUPERVISE_EVERY_S)
