@@ -3,7 +3,8 @@ vendor's records after the settle time, and the table they make.
 
 Done when (issue #13): no accepted job missing, no worker exit the test did not cause,
 no wrongful refund, and the books sound: per member balance + captured + held == funded,
-reconcile OK, no job captured twice, one final event per final job. With Redis as the
+reconcile OK, no job captured twice (and each completed job sent once by the vendor), one
+final event per final job. With Redis as the
 broker, accepted jobs that never got a job row at all in a scenario that kills a worker or
 stops the broker are the known window (kombu#305: popped, not yet recorded as unacked),
 reported apart.
@@ -106,10 +107,13 @@ def _check(world: Any, run: Any, db: Database) -> dict[str, Any]:
         vkey = vendor_key(int(member), job_id)
         if stub.sends(vkey) or stub.planned_outcome(vkey) in WOULD_DELIVER:
             (excused if key in excluded else wrongful).append(f"{key} {status}")
-    sends_unpaid = sorted(
-        k for k in final_keys if rows[k][0] != "completed" and stub.sends(vendor_key(
-            int(k.split(":", 1)[0]), k.split(":", 1)[1]))
-    )  # fmt: skip
+    sends = {k: stub.sends(vendor_key(int(k.split(":", 1)[0]), k.split(":", 1)[1]))
+             for k in final_keys}  # fmt: skip
+    sends_unpaid = sorted(k for k in final_keys if rows[k][0] != "completed" and sends[k])
+    # Each completed job was sent exactly once (this also proves the stub's records are
+    # the ones the workers wrote, so the wrongful-refund check reads the right ones).
+    paid_not_sent_once = sorted(k for k in final_keys
+                                if rows[k][0] == "completed" and sends[k] != 1)  # fmt: skip
 
     exits = world.exits()
     known_window = run.broker == "redis" and run.scenario.redis_window
@@ -117,7 +121,7 @@ def _check(world: Any, run: Any, db: Database) -> dict[str, Any]:
         "missing": not not_final and (known_window or not missing_no_row),
         "credits": not credit_problems,
         "reconcile": reconciled.ok,
-        "double_capture": not double,
+        "double_capture": not double and not paid_not_sent_once,
         "final_events": not event_problems,
         "wrongful_refunds": not wrongful,
         "worker_exits": exits["worker_exits_not_caused"] == 0,
@@ -142,6 +146,7 @@ def _check(world: Any, run: Any, db: Database) -> dict[str, Any]:
         "reconcile_ok": reconciled.ok,
         "reconcile_problems": [p.as_dict() for p in reconciled.problems][:20],
         "double_capture": double,
+        "completed_not_sent_once": paid_not_sent_once[:20],
         "event_problems": event_problems[:20],
         "wrongful_refunds": wrongful,
         "excused_refunds": excused,
@@ -192,7 +197,7 @@ def problems(r: dict[str, Any]) -> list[str]:
             "missing": f"no row {r['missing_no_row'][:5]}, not final {r['missing_not_final'][:5]}",
             "credits": r["credit_problems"][:5],
             "reconcile": r["reconcile_problems"][:3],
-            "double_capture": r["double_capture"][:5],
+            "double_capture": (r["double_capture"][:5], r["completed_not_sent_once"][:5]),
             "final_events": r["event_problems"][:5],
             "wrongful_refunds": r["wrongful_refunds"][:5],
             "worker_exits": [(d["name"], d["code"]) for d in r["details"] if d["name"] != "beat"],
