@@ -42,7 +42,7 @@ bench: $(STAMP)
 
 # Fault scenarios against real workers, beat and private servers (tests/chaos): worker
 # SIGKILL and SIGSTOP, broker restart and kill -9, PostgreSQL backends terminated, a burst
-# with transient vendor errors. Not part of make test; about 15 minutes for both brokers.
+# with transient vendor errors. Not part of make test; about 12 minutes for both brokers.
 # CHAOS_ARGS="--broker redis --quick --scenario worker-kill --json PATH".
 chaos: $(STAMP)
 	$(BIN)/python -m tests.chaos $(CHAOS_ARGS)
