@@ -10,7 +10,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test unit integration bench profile lint lock clean
+.PHONY: demo test unit integration bench chaos profile lint lock clean
 
 # The virtualenv gets the dev lock (runtime + test and lint tools); the image gets only
 # requirements.lock (see Dockerfile).
@@ -39,6 +39,13 @@ integration: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 	$(BIN)/python -m bench.api
+
+# Fault scenarios against real workers, beat and private servers (tests/chaos): worker
+# SIGKILL and SIGSTOP, broker restart and kill -9, PostgreSQL backends terminated, a burst
+# with transient vendor errors. Not part of make test; about 12 minutes for both brokers.
+# CHAOS_ARGS="--broker redis --quick --scenario worker-kill --json PATH".
+chaos: $(STAMP)
+	$(BIN)/python -m tests.chaos $(CHAOS_ARGS)
 
 # py-spy on a worker during a (b)-style run; writes bench/results/profile-*.
 profile: $(STAMP)

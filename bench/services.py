@@ -4,14 +4,18 @@
   when it is Redis), configured like the compose stack's, so that ``INFO commandstats``
   counts only this run; and the stub vendor's, whose commands are reported apart;
 - a fresh PostgreSQL database on the machine's server, dropped at the end;
-- a fresh RabbitMQ vhost on the machine's broker, deleted at the end.
+- a fresh RabbitMQ vhost on the machine's broker, deleted at the end;
+- or, for runs that restart or kill the broker (``tests.chaos``), a RabbitMQ node of the
+  run's own on free ports, its data in the run's directory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -23,6 +27,8 @@ from typing import Any
 
 import psycopg
 import redis
+
+from entrypoints.processes import stop_group
 
 PG_ADMIN_URL = os.environ.get(
     "CREDITS_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -123,6 +129,12 @@ class RedisServer:
             self.proc.terminate()
             self.proc.wait(10)
 
+    def kill(self) -> None:
+        """``kill -9``: what reached the append-only file's page cache survives it."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
 
 @dataclass
 class Postgres:
@@ -206,6 +218,101 @@ class RabbitVhost:
 
     def delete(self) -> None:
         rabbitmqctl("delete_vhost", self.name)
+
+
+# The scripts themselves: /usr/sbin's wrappers switch to the rabbitmq user, whose HOME and
+# cookie are the machine's node's; a private node runs as us with HOME in its directory.
+RABBIT_BIN = Path(os.environ.get("CREDITS_BENCH_RABBIT_BIN", "/usr/lib/rabbitmq/bin"))
+
+
+@dataclass
+class RabbitServer:
+    """A ``rabbitmq-server`` node of this run's own on free ports, in its own process group,
+    with its data (mnesia, logs, cookie) under ``workdir``: the run may stop, restart or
+    ``kill -9`` it without touching the machine's broker. A restart keeps the ports and the
+    data, so durable queues and persistent messages come back with it."""
+
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    dist_port: int = field(default_factory=free_port)
+    proc: subprocess.Popen | None = None
+
+    @property
+    def node(self) -> str:
+        return f"chaos{self.port}@localhost"
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}//"
+
+    @property
+    def home(self) -> Path:
+        return self.workdir / f"rabbit-{self.port}"
+
+    def env(self) -> dict[str, str]:
+        # Its own files, so that nothing of the machine's node's /etc/rabbitmq applies
+        # (its listener on 5672 above all).
+        names = ("enabled_plugins", "rabbitmq.conf", "rabbitmq-env.conf")
+        plugins, conf, env_conf = (self.home / name for name in names)
+        if not plugins.exists():
+            self.home.mkdir(parents=True, exist_ok=True)
+            plugins.write_text("[].\n")
+            conf.write_text(f"listeners.tcp.local = 127.0.0.1:{self.port}\n")
+            env_conf.write_text("")
+        return {**os.environ, "HOME": str(self.home), "RABBITMQ_NODENAME": self.node,
+                "RABBITMQ_CONFIG_FILE": str(conf), "RABBITMQ_CONF_ENV_FILE": str(env_conf),
+                "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1", "RABBITMQ_NODE_PORT": str(self.port),
+                "RABBITMQ_DIST_PORT": str(self.dist_port),
+                "RABBITMQ_MNESIA_BASE": str(self.home / "mnesia"),
+                "RABBITMQ_LOG_BASE": str(self.home / "log"),
+                "RABBITMQ_ENABLED_PLUGINS_FILE": str(plugins)}  # fmt: skip
+
+    def ctl(self, *args: str, timeout_s: float = 60) -> str:
+        done = subprocess.run([str(RABBIT_BIN / "rabbitmqctl"), "-q", "-n", self.node, *args],
+                              capture_output=True, text=True, timeout=timeout_s, env=self.env(),
+                              check=False)  # fmt: skip
+        if done.returncode != 0:
+            raise RuntimeError(f"rabbitmqctl {' '.join(args)}: {done.stderr.strip()}")
+        return done.stdout
+
+    def start(self, timeout_s: float = 120) -> RabbitServer:
+        log = open(self.home.parent / f"rabbit-{self.port}.out", "ab")  # noqa: SIM115
+        with log:
+            self.proc = subprocess.Popen([str(RABBIT_BIN / "rabbitmq-server")], env=self.env(),
+                                         stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)  # fmt: skip
+
+        deadline = time.monotonic() + timeout_s
+        while not self.listening():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                stop_group(self.proc, 10)
+                raise RuntimeError(f"RabbitMQ node {self.node} did not start; see {log.name}")
+            time.sleep(0.2)
+        self.ctl("await_startup", "--timeout", str(int(timeout_s)), timeout_s=timeout_s + 10)
+        return self
+
+    def listening(self) -> bool:
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", self.port)) == 0
+
+    def stop(self) -> None:
+        """A clean shutdown (what a restart of the service does)."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
+                self.ctl("stop")  # else stop_group ends it below
+        stop_group(self.proc, 30)
+        wait_for(lambda: not self.listening(), 30, f"{self.node} to stop", every_s=0.1)
+
+    def kill(self) -> None:
+        """``kill -9`` of the node's whole process group: no shutdown at all."""
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+            # The script is the group's leader; the VM it started may take a moment longer.
+            wait_for(lambda: not self.listening(), 30, f"{self.node} to die", every_s=0.1)
 
 
 def rabbitmq_version() -> str | None:

@@ -117,11 +117,7 @@ class Stack:
         on_exit(self.vendor_redis.stop)
         self.pg = Postgres().create()
         on_exit(self.pg.drop)
-        broker_url = self.app_redis.url
-        if self.broker == "amqp":
-            vhost = RabbitVhost().create()
-            on_exit(vhost.delete)
-            broker_url = vhost.url
+        broker_url = self.app_redis.url if self.broker == "redis" else self.amqp_broker()
         pg_url = make_url(self.pg.url).set(drivername="postgresql+psycopg")
         self.base_env = {
             "CREDITS_DATABASE_URL": pg_url.render_as_string(hide_password=False),
@@ -149,6 +145,13 @@ class Stack:
             self.queue = AmqpQueue(self.control)
             on_exit(self.queue.conn.release)
         self._exit.callback(self._stop_workers)
+
+    def amqp_broker(self) -> str:
+        """An amqp run's broker URL: a vhost of its own on the machine's RabbitMQ (the
+        chaos suite, which restarts its broker, runs a node of its own instead)."""
+        vhost = RabbitVhost().create()
+        self._exit.callback(vhost.delete)
+        return vhost.url
 
     def env(self, **overrides: str) -> dict[str, str]:
         """The workers' environment: the caller's, with this run's CREDITS_* on top."""
