@@ -8,14 +8,18 @@ pipeline's own idempotent steps, so a sweep that dies half-way is simply run aga
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.errors import CreditsError, TransientVendorError
+from shared.adapters import intake
+from shared.errors import CreditsError, JobNotAuthentic, TransientVendorError
 from shared.events import Event
 from shared.services import jobs, recovery
 from shared.services.reconcile import reconcile
+from shared.signing import verify
 from worker.faults import maybe_crash
 from worker.fulfilment import VendorStatus
 from worker.outcomes import notifier
@@ -65,7 +69,7 @@ def _resolve_one(res: Resources, job: recovery.Claimed) -> str:
             # The vendor never got it, and no worker will try again: the member still
             # wants it sent, so send it again (the vendor key keeps it to one send).
             recovery.mark_republished(res.db, job.pk)  # gives up our lease first
-            res.client.send_action(job.payload)
+            res.client.republish(job.payload)
             return "resent"
         if status == VendorStatus.UNKNOWN:
             # Fence the key first, so a late submit cannot send after we refund.
@@ -100,7 +104,7 @@ def resume_awaiting(res: Resources, *, member_id: int | None = None) -> SweepRep
     )  # fmt: skip
     report.add("expired", len(batch.expired))
     for job in batch.resume:
-        res.client.send_action(job.payload)
+        res.client.republish(job.payload)
         report.add("resumed")
     return report
 
@@ -113,12 +117,66 @@ def republish_stale(res: Resources) -> SweepReport:
         notify=notifier(res),
     )  # fmt: skip
     for job in batch.resend:
-        res.client.send_action(job.payload)
+        res.client.republish(job.payload)
         report.add(f"republished_{job.status}")
     for view in batch.given_up:
         log.error("job %s: given up: %s", view.job_id, view.detail)
         report.add("given_up")
     return report
+
+
+def recover_intake(res: Resources) -> SweepReport:
+    """Re-send jobs whose message was lost before any task started (Redis broker only):
+    intake records older than ``CREDITS_INTAKE_AFTER_S`` whose job has no row (kombu#305)."""
+    s, report = res.settings, SweepReport("recover_intake")
+    if not s.intake_outbox:
+        return report
+    index, now = intake.index_key(s.key_prefix), time.time()
+    members = [m.decode() if isinstance(m, bytes) else m for m in res.redis.zrangebyscore(
+        index, "-inf", now - s.intake_after, start=0, num=s.sweep_batch)]  # fmt: skip
+    if not members:
+        return report
+    raws = res.redis.mget([intake.record_key(s.key_prefix, m) for m in members])
+    ids = {m: intake.split_member(m) for m in members}
+    recorded = recovery.recorded_jobs(
+        res.db, [ids[m] for m, raw in zip(members, raws, strict=True) if raw and ids[m]]
+    )
+    done: list[str] = []
+    for member, raw in zip(members, raws, strict=True):
+        if raw is None:
+            done.append(member)  # the task started (or the record expired)
+            report.add("started")
+        elif ids[member] is None or ids[member] in recorded:
+            done.append(member)  # a worker recorded the job: it is PostgreSQL's now
+            report.add("recorded")
+        elif _resend_intake(res, member, raw):
+            res.redis.zadd(index, {member: time.time()})  # again after another interval
+            report.add("resent")
+        else:
+            done.append(member)
+            report.add("refused")
+    if done:
+        pipe = res.redis.pipeline(transaction=False)
+        pipe.delete(*[intake.record_key(s.key_prefix, m) for m in done])
+        pipe.zrem(index, *done)
+        pipe.execute()
+    return report
+
+
+def _resend_intake(res: Resources, member: str, raw: bytes) -> bool:
+    """Publish an intake record's message as its producer signed it; False if no worker
+    would accept it (a record anyone with Redis access could have written is never
+    signed with this worker's key)."""
+    try:
+        message = json.loads(raw)
+        verify(message["job"], message["auth"], res.verify_keys)
+    except (ValueError, TypeError, KeyError, JobNotAuthentic) as exc:
+        log.warning("intake record %s dropped: %s", member, str(exc)[:200])
+        return False
+    res.client.republish(message["job"], auth=message["auth"])
+    log.info("job %s of member %s: re-sent from the intake outbox (no task had started)",
+             message["job"].get("job_id"), message["job"].get("member_id"))  # fmt: skip
+    return True
 
 
 def notify_outcomes(res: Resources) -> SweepReport:
