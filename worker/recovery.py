@@ -125,17 +125,34 @@ def republish_stale(res: Resources) -> SweepReport:
     return report
 
 
+# The worker deletes a job's record but leaves its index entry (one command per job, not
+# two): each run removes the entries of every job that started, a batch at a time, so one
+# run handles up to this many batches (at the defaults 200 x 50 per 60 s: 166 jobs/s).
+INTAKE_BATCHES_PER_RUN = 50
+
+
 def recover_intake(res: Resources) -> SweepReport:
     """Re-send jobs whose message was lost before any task started (Redis broker only):
     intake records older than ``CREDITS_INTAKE_AFTER_S`` whose job has no row (kombu#305)."""
     s, report = res.settings, SweepReport("recover_intake")
     if not s.intake_outbox:
         return report
-    index, now = intake.index_key(s.key_prefix), time.time()
+    cutoff = time.time() - s.intake_after
+    for _ in range(INTAKE_BATCHES_PER_RUN):
+        if _intake_batch(res, report, cutoff) < s.sweep_batch:
+            return report
+    log.warning("intake sweep: more than %d records due; the rest waits for the next run",
+                INTAKE_BATCHES_PER_RUN * s.sweep_batch)  # fmt: skip
+    return report
+
+
+def _intake_batch(res: Resources, report: SweepReport, cutoff: float) -> int:
+    """One batch of due index entries, oldest first; returns how many were due."""
+    s, index = res.settings, intake.index_key(res.settings.key_prefix)
     members = [m.decode() if isinstance(m, bytes) else m for m in res.redis.zrangebyscore(
-        index, "-inf", now - s.intake_after, start=0, num=s.sweep_batch)]  # fmt: skip
+        index, "-inf", cutoff, start=0, num=s.sweep_batch)]  # fmt: skip
     if not members:
-        return report
+        return 0
     raws = res.redis.mget([intake.record_key(s.key_prefix, m) for m in members])
     ids = {m: intake.split_member(m) for m in members}
     recorded = recovery.recorded_jobs(
@@ -160,7 +177,7 @@ def recover_intake(res: Resources) -> SweepReport:
         pipe.delete(*[intake.record_key(s.key_prefix, m) for m in done])
         pipe.zrem(index, *done)
         pipe.execute()
-    return report
+    return len(members)
 
 
 def _resend_intake(res: Resources, member: str, raw: bytes) -> bool:

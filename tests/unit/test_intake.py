@@ -188,3 +188,17 @@ def test_intake_after_defaults_past_the_visibility_timeout(settings: Settings) -
     assert s.model_copy(update={"intake_after_s": 5.0}).intake_after == 5.0
     with pytest.raises(ConfigurationError, match="CREDITS_INTAKE_TTL_S"):
         load_settings(intake_after_s=600, intake_ttl_s=60)
+
+
+def test_one_run_clears_the_entries_of_many_started_jobs_batch_by_batch(
+    res: Resources, published: list[dict]
+) -> None:
+    res = Resources(res.settings.model_copy(update={"sweep_batch": 3}))
+    client = CreditsClient(settings=res.settings)
+    for n in range(10):
+        client.send_action(note(f"j-{n}", 7))
+        res.redis.delete(f"{PREFIX}intake:7:j-{n}")  # each task started
+        backdate(res.redis, f"7:j-{n}")
+    assert sweeps.recover_intake(res).counts == {"started": 10}
+    assert records(res.redis) == {}
+    res.close()
