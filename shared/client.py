@@ -109,24 +109,24 @@ class CreditsClient:
         auth = sign(payload, self.key)
         outbox = pops_messages(self.broker_url)
         if outbox:
-            self._record_intake({"job": payload, "auth": auth}, deadline)
+            self._record_intake(payload, auth, deadline)
         try:
             publish_job(self._app, self.settings, payload, self.key, auth=auth,
                         deadline=deadline)  # fmt: skip
         except BrokerUnavailable:
             if outbox:  # "not sent" stays true: the sweep must not send it later
-                self._forget_intake(payload)
+                self._forget_intake(payload, auth)
             raise
         return spec.job_id
 
     def republish(self, payload: dict[str, Any], *, auth: dict[str, str] | None = None) -> None:
-        """Re-send a job for the sweeps, with no intake record: a job the workers recorded
-        in PostgreSQL (signed with this client's key), or an intake record's message
+        """Re-send a job for the sweeps, with no intake entry: a job the workers recorded
+        in PostgreSQL (signed with this client's key), or an intake entry's message
         (``auth``: its producer's signature, never re-signed)."""
         publish_job(self._app, self.settings, payload, self.key, auth=auth)
 
-    def _record_intake(self, message: dict[str, Any], deadline: float) -> None:
-        """The intake record, tried like a publish until ``deadline``: a Redis broker is
+    def _record_intake(self, job: dict[str, Any], auth: dict[str, str], deadline: float) -> None:
+        """The intake entry, tried like a publish until ``deadline``: a Redis broker is
         usually this same Redis, so one that does not answer would not take the job."""
         if self._intake is None:
             self._intake = (
@@ -141,13 +141,13 @@ class CreditsClient:
         s = self.settings
         for attempt in itertools.count():
             try:
-                intake.record(self._intake, s.key_prefix, message, ttl_s=s.intake_ttl_s)
+                intake.record(self._intake, s.key_prefix, job, auth)
                 return
             except RedisError as exc:
                 if not _wait_to_retry(deadline, attempt):
                     raise BrokerUnavailable(
-                        f"Redis did not take the intake record of job "
-                        f"{message['job'].get('job_id')!r} within {s.publish_timeout_s:g}s "
+                        f"Redis did not take the intake entry of job "
+                        f"{job.get('job_id')!r} within {s.publish_timeout_s:g}s "
                         f"({type(exc).__name__}); it was not sent: send it again with the "
                         "same job_id"
                     ) from None
@@ -163,11 +163,10 @@ class CreditsClient:
             )
         return self._events
 
-    def _forget_intake(self, payload: dict[str, Any]) -> None:
+    def _forget_intake(self, job: dict[str, Any], auth: dict[str, str]) -> None:
         # Redis away too: at worst the intake sweep sends the job later, once.
         with contextlib.suppress(RedisError):
-            intake.forget(self._intake, self.settings.key_prefix, payload["member_id"],
-                          payload["job_id"])  # fmt: skip
+            intake.forget(self._intake, self.settings.key_prefix, job, auth)
 
     def close(self) -> None:
         self._app.close()

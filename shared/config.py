@@ -130,8 +130,6 @@ class Settings(BaseSettings):
     # come back (a queue drained slower than that only causes harmless duplicates).
     intake_after_s: PositiveSeconds | None = None
     intake_every_s: PositiveSeconds = 60.0
-    # A record the worker and the sweep both failed to remove expires after this.
-    intake_ttl_s: Annotated[float, Field(gt=0, le=30 * 86_400)] = 7 * 86_400.0
     reconcile_every_s: PositiveSeconds = 300.0
     beat_lock_timeout_s: PositiveSeconds = 30.0
 
@@ -260,12 +258,6 @@ class Settings(BaseSettings):
         # Being idle for in_doubt_after_s comes on top, never instead.
         if self.in_doubt_after_s <= self.job_lock_timeout_s:
             raise ValueError("CREDITS_IN_DOUBT_AFTER_S must exceed CREDITS_JOB_LOCK_TIMEOUT_S")
-        if self.intake_ttl_s <= self.intake_after:
-            raise ValueError(
-                f"CREDITS_INTAKE_TTL_S ({self.intake_ttl_s:g}) must exceed "
-                f"CREDITS_INTAKE_AFTER_S ({self.intake_after:g}): a record must outlive "
-                "the wait before the intake sweep re-sends its job"
-            )
         if self.fault_crash_at and self.fault_armed != FAULT_ARMING_PHRASE:
             raise ValueError(
                 "CREDITS_FAULT_CRASH_AT is set but fault injection is not armed: it also needs "

@@ -125,74 +125,52 @@ def republish_stale(res: Resources) -> SweepReport:
     return report
 
 
-# The worker deletes a job's record but leaves its index entry (one command per job, not
-# two): each run removes the entries of every job that started, a batch at a time, so one
-# run handles up to this many batches (at the defaults 200 x 50 per 60 s: 166 jobs/s).
-INTAKE_BATCHES_PER_RUN = 50
-
-
 def recover_intake(res: Resources) -> SweepReport:
     """Re-send jobs whose message was lost before any task started (Redis broker only):
-    intake records older than ``CREDITS_INTAKE_AFTER_S`` whose job has no row (kombu#305)."""
+    intake entries older than ``CREDITS_INTAKE_AFTER_S`` whose job has no row (kombu#305)."""
     s, report = res.settings, SweepReport("recover_intake")
     if not s.intake_outbox:
         return report
-    cutoff = time.time() - s.intake_after
-    for _ in range(INTAKE_BATCHES_PER_RUN):
-        if _intake_batch(res, report, cutoff) < s.sweep_batch:
-            return report
-    log.warning("intake sweep: more than %d records due; the rest waits for the next run",
-                INTAKE_BATCHES_PER_RUN * s.sweep_batch)  # fmt: skip
+    index = intake.index_key(s.key_prefix)
+    entries = res.redis.zrangebyscore(
+        index, "-inf", time.time() - s.intake_after, start=0, num=s.sweep_batch
+    )
+    messages = {}
+    for raw in entries:
+        try:
+            messages[raw] = json.loads(raw)
+        except ValueError:
+            messages[raw] = None
+    ids = {raw: intake.ids_of(message) for raw, message in messages.items()}
+    recorded = recovery.recorded_jobs(res.db, [i for i in ids.values() if i])
+    done = []
+    for raw, message in messages.items():
+        if ids[raw] in recorded:
+            done.append(raw)  # a worker recorded the job: it is PostgreSQL's now
+            report.add("recorded")
+        elif ids[raw] is not None and _resend_intake(res, message):
+            res.redis.zadd(index, {raw: time.time()})  # again after another interval
+            report.add("resent")
+        else:
+            log.warning("intake entry dropped: not a message any worker would accept")
+            done.append(raw)
+            report.add("refused")
+    if done:
+        res.redis.zrem(index, *done)
     return report
 
 
-def _intake_batch(res: Resources, report: SweepReport, cutoff: float) -> int:
-    """One batch of due index entries, oldest first; returns how many were due."""
-    s, index = res.settings, intake.index_key(res.settings.key_prefix)
-    members = [m.decode() if isinstance(m, bytes) else m for m in res.redis.zrangebyscore(
-        index, "-inf", cutoff, start=0, num=s.sweep_batch)]  # fmt: skip
-    if not members:
-        return 0
-    raws = res.redis.mget([intake.record_key(s.key_prefix, m) for m in members])
-    ids = {m: intake.split_member(m) for m in members}
-    recorded = recovery.recorded_jobs(
-        res.db, [ids[m] for m, raw in zip(members, raws, strict=True) if raw and ids[m]]
-    )
-    done: list[str] = []
-    for member, raw in zip(members, raws, strict=True):
-        if raw is None:
-            done.append(member)  # the task started (or the record expired)
-            report.add("started")
-        elif ids[member] is None or ids[member] in recorded:
-            done.append(member)  # a worker recorded the job: it is PostgreSQL's now
-            report.add("recorded")
-        elif _resend_intake(res, member, raw):
-            res.redis.zadd(index, {member: time.time()})  # again after another interval
-            report.add("resent")
-        else:
-            done.append(member)
-            report.add("refused")
-    if done:
-        pipe = res.redis.pipeline(transaction=False)
-        pipe.delete(*[intake.record_key(s.key_prefix, m) for m in done])
-        pipe.zrem(index, *done)
-        pipe.execute()
-    return len(members)
-
-
-def _resend_intake(res: Resources, member: str, raw: bytes) -> bool:
-    """Publish an intake record's message as its producer signed it; False if no worker
-    would accept it (a record anyone with Redis access could have written is never
+def _resend_intake(res: Resources, message: dict[str, Any]) -> bool:
+    """Publish an intake entry's message as its producer signed it; False if no worker
+    would accept it (an entry anyone with Redis access could have written is never
     signed with this worker's key)."""
     try:
-        message = json.loads(raw)
-        verify(message["job"], message["auth"], res.verify_keys)
-    except (ValueError, TypeError, KeyError, JobNotAuthentic) as exc:
-        log.warning("intake record %s dropped: %s", member, str(exc)[:200])
+        verify(message["job"], message.get("auth"), res.verify_keys)
+    except JobNotAuthentic:
         return False
     res.client.republish(message["job"], auth=message["auth"])
     log.info("job %s of member %s: re-sent from the intake outbox (no task had started)",
-             message["job"].get("job_id"), message["job"].get("member_id"))  # fmt: skip
+             message["job"]["job_id"], message["job"]["member_id"])  # fmt: skip
     return True
 
 

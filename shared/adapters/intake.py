@@ -4,57 +4,52 @@ until a worker starts its task.
 kombu's Redis transport pops a message (``BRPOP``) and only then records it in its
 ``unacked`` hash (https://github.com/celery/kombu/issues/305): a worker that dies between
 the two loses the message, and nothing in PostgreSQL says the job ever existed. So the
-producer writes, in one round trip before it publishes,
+producer adds, before it publishes, the signed message itself to a sorted set:
 
-    SET  <prefix>intake:<member_id>:<job_id>  {"job": ..., "auth": ...}  EX <ttl>
-    ZADD <prefix>intake  <now>  <member_id>:<job_id>
+    ZADD <prefix>intake <now> <the message: {"auth": ..., "job": ...} as canonical JSON>
 
-the worker deletes the record when the task starts, and the intake sweep re-publishes
-the stored message (its producer's signature unchanged) of any record older than
-``CREDITS_INTAKE_AFTER_S`` whose job has no row in PostgreSQL.
+the worker removes it (``ZREM`` of the same bytes, rebuilt from the message it got) when
+the task starts, and the intake sweep re-publishes the message of any entry older than
+``CREDITS_INTAKE_AFTER_S`` whose job has no row in PostgreSQL. One command on each side:
+the set holds only jobs whose task has not started, and needs no expiry.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
+from shared.signing import canonical
+
 INTAKE = "intake"
-
-
-def member_key(member_id: Any, job_id: Any) -> str:
-    """The sorted set's member for a job: ``<member_id>:<job_id>`` (job ids may hold ':')."""
-    return f"{member_id}:{job_id}"
-
-
-def record_key(prefix: str, member: str) -> str:
-    return f"{prefix}{INTAKE}:{member}"
 
 
 def index_key(prefix: str) -> str:
     return f"{prefix}{INTAKE}"
 
 
-def split_member(member: str) -> tuple[int, str] | None:
-    """(member_id, job_id) of a sorted-set member, or None if it is not one of ours."""
-    member_id, sep, job_id = member.partition(":")
-    if not sep or not job_id or not member_id.isdigit():
-        return None
-    return int(member_id), job_id
+def entry(job: Any, auth: Any) -> str:
+    """The set's member for a message: canonical JSON, as the signature covers the job, so
+    the producer's bytes and the worker's (after the broker's JSON round trip) are equal."""
+    return canonical({"auth": auth, "job": job}).decode()
 
 
-def record(redis: Any, prefix: str, message: dict[str, Any], *, ttl_s: float) -> None:
-    """Write a job's record and index it, in one pipelined round trip (2 commands)."""
-    job = message["job"]
-    member = member_key(job["member_id"], job["job_id"])
-    pipe = redis.pipeline(transaction=False)
-    pipe.set(record_key(prefix, member), json.dumps(message, separators=(",", ":")),
-             ex=max(1, int(ttl_s)))  # fmt: skip
-    pipe.zadd(index_key(prefix), {member: time.time()})
-    pipe.execute()
+def record(redis: Any, prefix: str, job: dict[str, Any], auth: dict[str, str]) -> None:
+    """The producer's one command, before it publishes."""
+    redis.zadd(index_key(prefix), {entry(job, auth): time.time()})
 
 
-def forget(redis: Any, prefix: str, member_id: Any, job_id: Any) -> None:
+def forget(redis: Any, prefix: str, job: Any, auth: Any) -> None:
     """The task started: kombu has the message in ``unacked`` from here on (1 command)."""
-    redis.delete(record_key(prefix, member_key(member_id, job_id)))
+    redis.zrem(index_key(prefix), entry(job, auth))
+
+
+def ids_of(message: Any) -> tuple[int, str] | None:
+    """(member_id, job_id) of a decoded entry, or None if it is not a job message."""
+    job = message.get("job") if isinstance(message, dict) else None
+    if not isinstance(job, dict):
+        return None
+    member_id, job_id = job.get("member_id"), job.get("job_id")
+    if type(member_id) is not int or not isinstance(job_id, str):
+        return None
+    return member_id, job_id
