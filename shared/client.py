@@ -17,6 +17,7 @@ same job again charges once.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
 import uuid
@@ -25,10 +26,12 @@ from typing import Any
 from amqp.exceptions import AMQPError
 from celery import Celery
 from kombu.exceptions import KombuError, OperationalError
+from redis import Redis, RedisError
 
+from shared.adapters import intake
 from shared.adapters.events import EventStream
 from shared.adapters.redis_client import make_redis
-from shared.config import Settings, get_settings
+from shared.config import Settings, get_settings, pops_messages
 from shared.errors import BrokerUnavailable, ConfigurationError, InvalidRequest
 from shared.pricing import catalog_from_settings, quote
 from shared.queues import (
@@ -87,6 +90,7 @@ class CreditsClient:
         }
         self._app.conf.update(**broker, task_serializer="json", accept_content=["json"])
         self._events: EventStream | None = None
+        self._intake: Any = None
 
     def send_action(self, job: Job | dict[str, Any]) -> str:
         """Validate, sign and publish ``job``; returns its job_id once the broker has it.
@@ -94,10 +98,59 @@ class CreditsClient:
         Raises InvalidRequest naming each bad field (nothing is published then), and
         BrokerUnavailable when the broker did not take it in time (sending it again later
         with the same job_id is safe).
+
+        With a Redis broker the job is first recorded in the intake outbox
+        (:mod:`shared.adapters.intake`, kombu#305), in the Redis of ``redis_url``: the
+        workers' ``CREDITS_REDIS_URL``.
         """
         spec = parse_job(job)
-        publish_job(self._app, self.settings, job_dict(spec), self.key)
+        payload = job_dict(spec)
+        deadline = time.monotonic() + self.settings.publish_timeout_s
+        auth = sign(payload, self.key)
+        outbox = pops_messages(self.broker_url)
+        if outbox:
+            self._record_intake(payload, auth, deadline)
+        try:
+            publish_job(self._app, self.settings, payload, self.key, auth=auth,
+                        deadline=deadline)  # fmt: skip
+        except BrokerUnavailable:
+            if outbox:  # "not sent" stays true: the sweep must not send it later
+                self._forget_intake(payload, auth)
+            raise
         return spec.job_id
+
+    def republish(self, payload: dict[str, Any], *, auth: dict[str, str] | None = None) -> None:
+        """Re-send a job for the sweeps, with no intake entry: a job the workers recorded
+        in PostgreSQL (signed with this client's key), or an intake entry's message
+        (``auth``: its producer's signature, never re-signed)."""
+        publish_job(self._app, self.settings, payload, self.key, auth=auth)
+
+    def _record_intake(self, job: dict[str, Any], auth: dict[str, str], deadline: float) -> None:
+        """The intake entry, tried like a publish until ``deadline``: a Redis broker is
+        usually this same Redis, so one that does not answer would not take the job."""
+        if self._intake is None:
+            self._intake = (
+                make_redis(self.redis_url)  # memory://: the in-process fake (tests)
+                if self.redis_url.startswith("memory://")
+                else Redis.from_url(
+                    self.redis_url,
+                    socket_timeout=AMQP_SOCKET_TIMEOUT_S,
+                    socket_connect_timeout=PUBLISH_CONNECT_TIMEOUT_S,
+                )
+            )
+        s = self.settings
+        for attempt in itertools.count():
+            try:
+                intake.record(self._intake, s.key_prefix, job, auth)
+                return
+            except RedisError as exc:
+                if not _wait_to_retry(deadline, attempt):
+                    raise BrokerUnavailable(
+                        f"Redis did not take the intake entry of job "
+                        f"{job.get('job_id')!r} within {s.publish_timeout_s:g}s "
+                        f"({type(exc).__name__}); it was not sent: send it again with the "
+                        "same job_id"
+                    ) from None
 
     @property
     def events(self) -> EventStream:
@@ -110,8 +163,15 @@ class CreditsClient:
             )
         return self._events
 
+    def _forget_intake(self, job: dict[str, Any], auth: dict[str, str]) -> None:
+        # Redis away too: at worst the intake sweep sends the job later, once.
+        with contextlib.suppress(RedisError):
+            intake.forget(self._intake, self.settings.key_prefix, job, auth)
+
     def close(self) -> None:
         self._app.close()
+        if self._intake is not None:
+            self._intake.close()
 
 
 def redacted(payload: dict[str, Any], settings: Settings) -> dict[str, Any]:
@@ -127,23 +187,42 @@ def redacted(payload: dict[str, Any], settings: Settings) -> dict[str, Any]:
     return shown
 
 
-def publish_job(
-    app: Celery, settings: Settings, payload: dict[str, Any], key: tuple[str, str]
-) -> None:
-    """Sign an already validated job and publish it by task name; sweeps re-send this way.
+def _wait_to_retry(deadline: float, attempt: int) -> bool:
+    """Sleep before another attempt, or False if ``deadline`` has passed."""
+    left_s = deadline - time.monotonic()
+    if left_s <= 0:
+        return False
+    time.sleep(min(left_s, PUBLISH_BACKOFF_S[min(attempt, len(PUBLISH_BACKOFF_S) - 1)]))
+    return True
 
-    A broker that refuses or drops the connection is tried again until
-    ``publish_timeout_s`` has passed, with one task id, so the job is published once or,
-    if an attempt's confirm was lost, twice (the worker runs it once either way).
+
+def publish_job(
+    app: Celery,
+    settings: Settings,
+    payload: dict[str, Any],
+    key: tuple[str, str],
+    *,
+    auth: dict[str, str] | None = None,
+    deadline: float | None = None,
+) -> None:
+    """Sign an already validated job (or send it with ``auth``, its producer's signature)
+    and publish it by task name; sweeps re-send this way.
+
+    A broker that refuses or drops the connection is tried again until ``deadline``
+    (default: ``publish_timeout_s`` from now), with one task id, so the job is published
+    once or, if an attempt's confirm was lost, twice (the worker runs it once either way).
     """
     queue = INSTANT_QUEUE if payload.get("source") == "instant" else FLOW_QUEUE
-    deadline = time.monotonic() + settings.publish_timeout_s
+    if deadline is None:
+        deadline = time.monotonic() + settings.publish_timeout_s
+    if auth is None:
+        auth = sign(payload, key)
     task_id = str(uuid.uuid4())
     for attempt in itertools.count():
         try:
             app.send_task(
                 SEND_ACTION_TASK,
-                kwargs={"job": payload, "auth": sign(payload, key)},
+                kwargs={"job": payload, "auth": auth},
                 queue=queue,
                 task_id=task_id,
                 kwargsrepr=repr({"job": redacted(payload, settings)}),
@@ -151,14 +230,12 @@ def publish_job(
             )
             return
         except BROKER_ERRORS as exc:
-            left_s = deadline - time.monotonic()
-            if left_s <= 0:
+            if not _wait_to_retry(deadline, attempt):
                 raise BrokerUnavailable(
                     f"the broker did not take job {payload.get('job_id')!r} within "
                     f"{settings.publish_timeout_s:g}s ({type(exc).__name__}); it was not "
                     "sent: send it again with the same job_id"
                 ) from None
-            time.sleep(min(left_s, PUBLISH_BACKOFF_S[min(attempt, len(PUBLISH_BACKOFF_S) - 1)]))
 
 
 RESUME_MEMBER_TASK = "credits.resume_member"

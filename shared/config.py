@@ -124,6 +124,12 @@ class Settings(BaseSettings):
     resolve_every_s: PositiveSeconds = 30.0
     resume_every_s: PositiveSeconds = 15.0
     republish_every_s: PositiveSeconds = 60.0
+    # The intake outbox (Redis broker only; kombu#305): a job whose task has not started
+    # this long after send_action() is re-sent. None: the visibility timeout plus the
+    # restore scan plus a margin, the longest a message a worker recorded can take to
+    # come back (a queue drained slower than that only causes harmless duplicates).
+    intake_after_s: PositiveSeconds | None = None
+    intake_every_s: PositiveSeconds = 60.0
     reconcile_every_s: PositiveSeconds = 300.0
     beat_lock_timeout_s: PositiveSeconds = 30.0
 
@@ -268,6 +274,20 @@ class Settings(BaseSettings):
         return self.broker.startswith(("amqp://", "pyamqp://", "amqps://"))
 
     @property
+    def intake_outbox(self) -> bool:
+        """Producers record each job in Redis until a worker starts it: only a Redis broker
+        can lose a message a worker popped (kombu#305); ``memory://`` pops nothing over a
+        network, and RabbitMQ requeues what a dead consumer held."""
+        return pops_messages(self.broker)
+
+    @property
+    def intake_after(self) -> float:
+        """Seconds before the intake sweep re-sends a job whose task never started."""
+        if self.intake_after_s is not None:
+            return self.intake_after_s
+        return self.visibility_timeout_s + self.restore_interval_s + RESOLVER_MARGIN_S
+
+    @property
     def redelivery_delay_s(self) -> float:
         """The longest a broker takes to hand a lost worker's unacked message to another
         worker: Redis restores it after the visibility timeout (plus one restore scan);
@@ -311,6 +331,11 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+
+def pops_messages(broker_url: str) -> bool:
+    """A Redis broker over the network: kombu pops, then records (kombu#305)."""
+    return broker_url.startswith(("redis://", "rediss://"))
 
 
 BROKER_HEARTBEAT_S = 30.0  # AMQP heartbeat: a stopped worker's connection dies in ~2x this

@@ -23,7 +23,9 @@ from datetime import timedelta
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
+from redis import RedisError
 
+from shared.adapters import intake
 from shared.errors import (
     IdempotencyConflict,
     InvalidRequest,
@@ -81,11 +83,32 @@ class SendPipeline:
             key_id = verify(job, kwargs.get("auth"), self.res.verify_keys)
         except JobNotAuthentic as exc:
             return self._dead_letter(str(exc), job, tell=False, **where)
+        if self.res.settings.intake_outbox:
+            self._forget_intake(job, kwargs.get("auth"))
         try:
             spec = parse_job(job)
         except InvalidRequest as exc:
             return self._dead_letter(str(exc), job, **where)
         return self._run(spec, key_id, job, where)
+
+    def _forget_intake(self, job: Any, auth: Any) -> None:
+        """Remove the job's intake entry (Redis broker only): the task has started.
+
+        Safe because kombu's Redis transport records a message in its ``unacked`` hash
+        (QoS.append) before it hands the message to a worker process, and with acks_late
+        keeps it there until the task has ended; from here on kombu's own restore (after
+        the visibility timeout) brings the message back if this worker dies. The window
+        the entry covers is the one before that: a worker killed between its BRPOP and
+        that record loses the message (https://github.com/celery/kombu/issues/305).
+        A failure here must not fail the job: the intake sweep then finds the job's row
+        in PostgreSQL and drops the entry itself.
+        """
+        try:
+            intake.forget(self.res.redis, self.res.settings.key_prefix, job, auth)
+        except RedisError as exc:
+            job_id = job.get("job_id") if isinstance(job, dict) else None
+            log.warning("job %s: intake entry not removed (the sweep will): %s",
+                        job_id, type(exc).__name__)  # fmt: skip
 
     # ------------------------------------------------------------ the steps
 

@@ -8,14 +8,18 @@ pipeline's own idempotent steps, so a sweep that dies half-way is simply run aga
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.errors import CreditsError, TransientVendorError
+from shared.adapters import intake
+from shared.errors import CreditsError, JobNotAuthentic, TransientVendorError
 from shared.events import Event
 from shared.services import jobs, recovery
 from shared.services.reconcile import reconcile
+from shared.signing import verify
 from worker.faults import maybe_crash
 from worker.fulfilment import VendorStatus
 from worker.outcomes import notifier
@@ -65,7 +69,7 @@ def _resolve_one(res: Resources, job: recovery.Claimed) -> str:
             # The vendor never got it, and no worker will try again: the member still
             # wants it sent, so send it again (the vendor key keeps it to one send).
             recovery.mark_republished(res.db, job.pk)  # gives up our lease first
-            res.client.send_action(job.payload)
+            res.client.republish(job.payload)
             return "resent"
         if status == VendorStatus.UNKNOWN:
             # Fence the key first, so a late submit cannot send after we refund.
@@ -100,7 +104,7 @@ def resume_awaiting(res: Resources, *, member_id: int | None = None) -> SweepRep
     )  # fmt: skip
     report.add("expired", len(batch.expired))
     for job in batch.resume:
-        res.client.send_action(job.payload)
+        res.client.republish(job.payload)
         report.add("resumed")
     return report
 
@@ -113,12 +117,61 @@ def republish_stale(res: Resources) -> SweepReport:
         notify=notifier(res),
     )  # fmt: skip
     for job in batch.resend:
-        res.client.send_action(job.payload)
+        res.client.republish(job.payload)
         report.add(f"republished_{job.status}")
     for view in batch.given_up:
         log.error("job %s: given up: %s", view.job_id, view.detail)
         report.add("given_up")
     return report
+
+
+def recover_intake(res: Resources) -> SweepReport:
+    """Re-send jobs whose message was lost before any task started (Redis broker only):
+    intake entries older than ``CREDITS_INTAKE_AFTER_S`` whose job has no row (kombu#305)."""
+    s, report = res.settings, SweepReport("recover_intake")
+    if not s.intake_outbox:
+        return report
+    index = intake.index_key(s.key_prefix)
+    entries = res.redis.zrangebyscore(
+        index, "-inf", time.time() - s.intake_after, start=0, num=s.sweep_batch
+    )
+    messages = {}
+    for raw in entries:
+        try:
+            messages[raw] = json.loads(raw)
+        except ValueError:
+            messages[raw] = None
+    ids = {raw: intake.ids_of(message) for raw, message in messages.items()}
+    recorded = recovery.recorded_jobs(res.db, [i for i in ids.values() if i])
+    done = []
+    for raw, message in messages.items():
+        if ids[raw] in recorded:
+            done.append(raw)  # a worker recorded the job: it is PostgreSQL's now
+            report.add("recorded")
+        elif ids[raw] is not None and _resend_intake(res, message):
+            res.redis.zadd(index, {raw: time.time()})  # again after another interval
+            report.add("resent")
+        else:
+            log.warning("intake entry dropped: not a message any worker would accept")
+            done.append(raw)
+            report.add("refused")
+    if done:
+        res.redis.zrem(index, *done)
+    return report
+
+
+def _resend_intake(res: Resources, message: dict[str, Any]) -> bool:
+    """Publish an intake entry's message as its producer signed it; False if no worker
+    would accept it (an entry anyone with Redis access could have written is never
+    signed with this worker's key)."""
+    try:
+        verify(message["job"], message.get("auth"), res.verify_keys)
+    except JobNotAuthentic:
+        return False
+    res.client.republish(message["job"], auth=message["auth"])
+    log.info("job %s of member %s: re-sent from the intake outbox (no task had started)",
+             message["job"]["job_id"], message["job"]["member_id"])  # fmt: skip
+    return True
 
 
 def notify_outcomes(res: Resources) -> SweepReport:

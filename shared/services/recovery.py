@@ -299,3 +299,15 @@ def ledger_gauges(db: Database) -> dict[str, float]:
         "oldest_open_hold_age_s": (now - oldest).total_seconds() if oldest else 0.0,
         "awaiting_credits": awaiting,
     }
+
+
+def recorded_jobs(db: Database, keys: list[tuple[int, str]]) -> set[tuple[int, str]]:
+    """Which of these (member_id, job_id) have a job row: one query for a batch."""
+    if not keys:
+        return set()
+    with db.unit_of_work() as session:
+        rows = session.execute(
+            select(Job.member_id, Job.job_id).where(Job.job_id.in_({j for _, j in keys}))
+        ).all()
+    wanted = set(keys)
+    return {(row.member_id, row.job_id) for row in rows} & wanted

@@ -44,9 +44,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  -> {'ok' if result['ok'] else 'FAILED'} in {result['seconds']:.0f} s "
                   f"({result['published']} published, {result['final']} final, "
                   f"{result['missing']} missing)", flush=True)  # fmt: skip
-            # A run in the known window keeps its logs and the broker's append-only file:
-            # the lost message's LPUSH is there, and no unacked record of it.
-            if result["ok"] and not result.get("known_window") and not args.keep:
+            if result["ok"] and not args.keep:
                 shutil.rmtree(workdir, ignore_errors=True)
     minutes = (time.monotonic() - started) / 60
     print()
@@ -54,10 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = [line for r in results for line in problems(r)]
     for line in failed:
         print(f"FAILED {line}")
-    print(
-        f"\n{len(results)} runs in {minutes:.1f} min; logs of failed runs and of the known "
-        f"window in {root}"
-    )
+    print(f"\n{len(results)} runs in {minutes:.1f} min; logs of failed runs in {root}")
     if args.json:
         meta = {"finished": datetime.now(UTC).isoformat(timespec="seconds"),
                 "quick": args.quick, "minutes": round(minutes, 1)}  # fmt: skip
@@ -70,7 +65,7 @@ def _broken(broker: str, name: str, exc: Exception) -> dict:
 
     traceback.print_exc()
     return {"scenario": name, "broker": broker, "published": 0, "final": 0, "parked": 0,
-            "missing": 0, "known_window": False, "wrongful_refunds": [],
+            "missing": 0, "wrongful_refunds": [],
             "worker_exits_not_caused": 0, "worker_exits_caused": 0, "seconds": 0,
             "checks": {"run": False}, "ok": False, "error": f"{type(exc).__name__}: {exc}",
             "details": []}  # fmt: skip

@@ -152,9 +152,6 @@ class Scenario:
     full: Size
     quick: Size
     env: dict[str, str] = field(default_factory=dict)
-    # A worker or the broker dies: with Redis as the broker, a message a worker popped but
-    # had not yet recorded as unacked (kombu#305) dies with it: the known window.
-    redis_window: bool = False
 
     def size(self, quick: bool) -> Size:
         return self.quick if quick else self.full
@@ -164,11 +161,11 @@ SCENARIOS = {
     s.name: s
     for s in [
         Scenario("worker-kill", "SIGKILL of a whole worker (parent and pool), alternating",
-                 kill_workers, Size(400, 40, 4), Size(100, 40, 2), redis_window=True),
+                 kill_workers, Size(400, 40, 4), Size(100, 40, 2)),
         Scenario("broker-restart", f"broker stopped cleanly, down {BROKER_DOWN_S:g} s, started",
-                 restart_broker, Size(400, 40, 2), Size(100, 40, 1), redis_window=True),
+                 restart_broker, Size(400, 40, 2), Size(100, 40, 1)),
         Scenario("broker-kill9", f"broker kill -9, down {BROKER_DOWN_S:g} s, started",
-                 kill9_broker, Size(400, 40, 2), Size(100, 40, 1), redis_window=True),
+                 kill9_broker, Size(400, 40, 2), Size(100, 40, 1)),
         Scenario("pg-terminate", "pg_terminate_backend on every connection of the database",
                  terminate_backends, Size(400, 40, 5), Size(100, 40, 3)),
         Scenario("worker-sigstop", "SIGSTOP of a worker mid vendor call, past the in-doubt "

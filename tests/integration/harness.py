@@ -52,6 +52,10 @@ FAST_RECOVERY = {
     "CREDITS_TASK_TIME_LIMIT_S": "20",
     "CREDITS_VISIBILITY_TIMEOUT_S": "30",
     "CREDITS_RESTORE_INTERVAL_S": "1",
+    # Redis broker: past the visibility timeout (plus its restore scan) and the burst
+    # scenario's queue wait (~25 s), so only a message no worker recorded is re-sent.
+    "CREDITS_INTAKE_AFTER_S": "45",
+    "CREDITS_INTAKE_EVERY_S": "2",
     "CREDITS_STUB_PENDING_S": "1",
     "CREDITS_BEAT_LOCK_TIMEOUT_S": "6",
     "CREDITS_HOLD_TTL_S": "60",

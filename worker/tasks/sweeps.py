@@ -17,6 +17,7 @@ SWEEPS = {
     "credits.resolve_in_doubt": (recovery.resolve_in_doubt, "resolve_every_s"),
     "credits.resume_awaiting": (recovery.resume_awaiting, "resume_every_s"),
     "credits.republish_stale": (recovery.republish_stale, "republish_every_s"),
+    "credits.recover_intake": (recovery.recover_intake, "intake_every_s"),
     "credits.notify_outcomes": (recovery.notify_outcomes, "resolve_every_s"),
     "credits.reconcile": (recovery.reconcile_and_report, "reconcile_every_s"),
 }
@@ -58,6 +59,8 @@ def beat_schedule(settings) -> dict:
     """Each sweep at its interval; a run that waited longer than its interval is dropped."""
     schedule = {}
     for name, (_fn, interval_setting) in SWEEPS.items():
+        if name == "credits.recover_intake" and not settings.intake_outbox:
+            continue  # no intake outbox with RabbitMQ (or memory://)
         every_s = getattr(settings, interval_setting)
         schedule[name] = {
             "task": name,
