@@ -26,7 +26,7 @@ from typing import Any
 from amqp.exceptions import AMQPError
 from celery import Celery
 from kombu.exceptions import KombuError, OperationalError
-from redis import Redis, RedisError
+from redis import RedisError
 
 from shared.adapters import intake
 from shared.adapters.events import EventStream
@@ -129,14 +129,11 @@ class CreditsClient:
         """The intake entry, tried like a publish until ``deadline``: a Redis broker is
         usually this same Redis, so one that does not answer would not take the job."""
         if self._intake is None:
-            self._intake = (
-                make_redis(self.redis_url)  # memory://: the in-process fake (tests)
-                if self.redis_url.startswith("memory://")
-                else Redis.from_url(
-                    self.redis_url,
-                    socket_timeout=AMQP_SOCKET_TIMEOUT_S,
-                    socket_connect_timeout=PUBLISH_CONNECT_TIMEOUT_S,
-                )
+            self._intake = make_redis(
+                self.redis_url,
+                timeout_s=AMQP_SOCKET_TIMEOUT_S,
+                connect_timeout_s=PUBLISH_CONNECT_TIMEOUT_S,
+                retry_on_timeout=False,
             )
         s = self.settings
         for attempt in itertools.count():

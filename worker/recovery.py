@@ -135,12 +135,7 @@ def recover_intake(res: Resources) -> SweepReport:
     entries = res.redis.zrangebyscore(
         index, "-inf", time.time() - s.intake_after, start=0, num=s.sweep_batch
     )
-    messages = {}
-    for raw in entries:
-        try:
-            messages[raw] = json.loads(raw)
-        except ValueError:
-            messages[raw] = None
+    messages = {raw: _decoded(raw) for raw in entries}
     ids = {raw: intake.ids_of(message) for raw, message in messages.items()}
     recorded = recovery.recorded_jobs(res.db, [i for i in ids.values() if i])
     done = []
@@ -158,6 +153,13 @@ def recover_intake(res: Resources) -> SweepReport:
     if done:
         res.redis.zrem(index, *done)
     return report
+
+
+def _decoded(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None  # not JSON: ids_of() says it is no message, and it is dropped
 
 
 def _resend_intake(res: Resources, message: dict[str, Any]) -> bool:

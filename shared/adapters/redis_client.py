@@ -12,7 +12,15 @@ _FAKE_SERVERS: dict[str, Any] = {}
 _LOCK = threading.Lock()
 
 
-def make_redis(url: str) -> Any:
+def make_redis(
+    url: str,
+    *,
+    timeout_s: float = REDIS_SOCKET_TIMEOUT_S,
+    connect_timeout_s: float = REDIS_SOCKET_TIMEOUT_S,
+    retry_on_timeout: bool = True,
+) -> Any:
+    """A client for ``url``. A caller with a deadline of its own (the producer) passes
+    shorter timeouts and no retry on timeout, so one call cannot outlast its bound."""
     if url.startswith("memory://"):
         import fakeredis
 
@@ -21,10 +29,10 @@ def make_redis(url: str) -> Any:
         return fakeredis.FakeRedis(server=server)
     return redis.Redis.from_url(
         url,
-        socket_timeout=REDIS_SOCKET_TIMEOUT_S,
-        socket_connect_timeout=REDIS_SOCKET_TIMEOUT_S,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=connect_timeout_s,
         health_check_interval=30,
-        retry_on_timeout=True,
+        retry_on_timeout=retry_on_timeout,
     )
 
 
